@@ -1,0 +1,127 @@
+"""Scripted policies and the loop that scores them.
+
+`rule` is the WebShop paper's rule baseline: search the instruction, open the first result, buy.
+`oracle` knows the goal: it searches, pages through the results (then searches again by the product's title)
+until it sees the target ASIN, selects the goal's options and buys. It is the upper bound for learned
+policies and the source of demonstrations for supervised warm-starts.
+
+A policy maps (episode, memory) to the next action string; `run_policy` steps every live episode together.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from webshop.env import BatchEnv, Episode, Shop
+
+Policy = Callable[[Episode, dict], str]
+
+
+def rule_policy(episode: Episode, memory: dict) -> str:
+    kind = episode.state.kind
+    if kind == "search":
+        return f"search[{episode.goal.instruction_without_price}]"
+    if kind == "results" and episode.state.results:
+        return f"click[{episode.state.results[0].asin.lower()}]"
+    if kind == "item":
+        return "click[buy now]"
+    return "click[back to search]"  # no results: nothing to buy; the step cap ends the episode
+
+
+def oracle_policy(episode: Episode, memory: dict) -> str:
+    """Find the goal's product, choose its options, buy.
+
+    Queries in order: the instruction without its price clause, then the product's title. Each is paged
+    through while the target is not on the page and a next page has products.
+    """
+    goal, state = episode.goal, episode.state
+    target = goal.asin.lower()
+    clickables = episode.available_actions()["clickables"]
+    queries = memory.setdefault("queries", [goal.instruction_without_price.lower(), goal.name.lower()])
+    if state.kind == "item" and (state.asin == goal.asin or memory.get("gave_up")):
+        wanted = list(goal.goal_options.values()) if isinstance(goal.goal_options, dict) else goal.goal_options
+        for value in wanted:
+            if value in clickables and state.options.get(_option_of(episode, value)) != value:
+                return f"click[{value}]"
+        return "click[buy now]"
+    if state.kind == "results":
+        if target in clickables:
+            return f"click[{target}]"
+        if state.page * 10 < len(state.results):
+            return "click[next >]"
+    if state.kind in ("item", "sub"):
+        return "click[< prev]"
+    if queries:
+        return f"search[{queries.pop(0)}]"
+    # the target cannot be found: buy the best-ranked product rather than walk into the step cap
+    if state.kind == "results" and state.results:
+        memory["gave_up"] = True
+        return f"click[{state.results[0].asin.lower()}]"
+    return f"search[{goal.instruction_without_price.lower()}]"
+
+
+def _option_of(episode: Episode, value: str) -> str | None:
+    """The option group a value selects (the last group holding it, as upstream's clickables do)."""
+    group = None
+    for name, values in episode.product.options.items():
+        if value in values:
+            group = name
+    return group
+
+
+POLICIES: dict[str, Policy] = {"rule": rule_policy, "oracle": oracle_policy}
+
+
+@dataclass
+class EpisodeResult:
+    goal_idx: int
+    reward: float
+    success: bool
+    steps: int
+    end_reason: str
+    reward_info: dict | None
+
+
+def run_policy(shop: Shop, policy: Policy, goal_indices: list[int], max_steps: int = 15,
+               observation_mode: str = "text") -> list[EpisodeResult]:
+    """Run one episode per goal, all stepped together, until each buys or hits the step cap."""
+    env = BatchEnv(shop, observation_mode, max_steps)
+    env.reset(goal_indices)
+    memories = [dict() for _ in goal_indices]
+    results: dict[int, EpisodeResult] = {}
+    while live := env.live():
+        steps = env.step({i: policy(env.episodes[i], memories[i]) for i in live})
+        for i, r in steps.items():
+            if r.done:
+                e = env.episodes[i]
+                results[i] = EpisodeResult(e.goal_idx, r.reward, r.reward == 1.0, e.steps, e.end_reason,
+                                           r.info["reward_info"])
+    return [results[i] for i in range(len(goal_indices))]
+
+
+def summarize(results: list[EpisodeResult], seconds: float) -> dict:
+    """Score (100 x mean reward) and success rate (reward == 1), each with a normal-approximation 95% CI."""
+    n = len(results)
+    rewards = [r.reward for r in results]
+    mean = sum(rewards) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in rewards) / (n - 1)) if n > 1 else 0.0
+    success = sum(r.success for r in results) / n
+    return {
+        "episodes": n,
+        "score": round(100 * mean, 2),
+        "score_ci95": round(100 * 1.96 * sd / math.sqrt(n), 2),
+        "success_rate": round(success, 4),
+        "success_ci95": round(1.96 * math.sqrt(success * (1 - success) / n), 4),
+        "mean_steps": round(sum(r.steps for r in results) / n, 2),
+        "episodes_per_s": round(n / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def evaluate(shop: Shop, policy_name: str, goal_indices: list[int], max_steps: int = 15) -> dict:
+    if policy_name not in POLICIES:
+        raise ValueError(f"policy {policy_name!r} is not one of {', '.join(POLICIES)}")
+    start = time.perf_counter()
+    results = run_policy(shop, POLICIES[policy_name], goal_indices, max_steps)
+    return summarize(results, time.perf_counter() - start)

@@ -1,0 +1,46 @@
+"""BM25 product search over the text upstream indexes, with bm25s.
+
+Upstream runs Pyserini/Lucene (Java) with Anserini's English analyzer: tokenise, drop English possessives,
+lower-case, remove Lucene's 33 English stop words, Porter-stem; BM25 with k1 = 0.9, b = 0.4; top 50 hits,
+ties broken by document order. We do the same with bm25s (its "lucene" BM25 variant) and PyStemmer's Porter
+stemmer; the tokenizer approximates Lucene's StandardTokenizer by runs of word characters.
+"""
+from __future__ import annotations
+
+import re
+
+import bm25s
+import numpy as np
+import Stemmer
+from bm25s.stopwords import STOPWORDS_EN
+
+SEARCH_RETURN_N = 50
+K1, B = 0.9, 0.4
+_POSSESSIVE = re.compile(r"'s\b")
+_WORD = re.compile(r"\w+")
+
+
+class SearchEngine:
+    """Ranks documents (product search texts) for a query; returns document indices, best first."""
+
+    def __init__(self, documents: list[str]):
+        self._stemmer = Stemmer.Stemmer("porter")
+        self._stop = frozenset(STOPWORDS_EN)
+        self._bm25 = bm25s.BM25(k1=K1, b=B, method="lucene")
+        corpus = [self.tokenize(d) for d in documents]
+        self._bm25.index(corpus, show_progress=False)
+        self._vocab: dict[str, int] = self._bm25.vocab_dict
+
+    def tokenize(self, text: str) -> list[str]:
+        words = [w for w in _WORD.findall(_POSSESSIVE.sub("", text.lower())) if w not in self._stop]
+        return self._stemmer.stemWords(words)
+
+    def search(self, query: str, k: int = SEARCH_RETURN_N) -> list[int]:
+        """Indices of the top-k documents that match at least one query term (Lucene returns no others)."""
+        ids = [self._vocab[t] for t in self.tokenize(query) if t in self._vocab]
+        if not ids:
+            return []
+        scores = self._bm25.get_scores_from_ids(ids)
+        matched = np.flatnonzero(scores > 0)
+        # a stable sort on -score keeps document order among ties, like Lucene's docid tie-break
+        return matched[np.argsort(-scores[matched], kind="stable")][:k].tolist()
