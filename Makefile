@@ -1,0 +1,28 @@
+# The two commands of the README: `make run` (set up, then run the main job on the embedded default)
+# and `make test` (set up, then run the test suite). Both create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup run test test-slow bench
+setup: $(VENV)/.installed
+
+# torch first and pinned: pip then takes the CPU wheel; anything that asks for "torch" later finds it installed.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+run: setup
+	$(VENV)/bin/apo baseline --policy rule --split test --num-goals 100
+	$(VENV)/bin/apo baseline --policy oracle --split test --num-goals 100
+
+test: setup
+	$(PY) -m pytest
+
+test-slow: setup
+	$(PY) -m pytest -m slow
+
+bench: setup
+	$(PY) -m bench.env
