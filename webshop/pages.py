@@ -7,8 +7,8 @@ would find, with the element that holds each one (`Node.role`), which is all the
   text       ' [SEP] '.join(node.strip())
   text_rich  one line per node: buttons `[button] t [button_]`; option labels `  [button] t [button_]`, or
              `  [clicked button] t [clicked button_]` with "You have clicked t.\n" prepended when '"t"' occurs in
-             the item-page URL; product links `\n[button] ASIN [button_]`, or `\n[clicked button] ASIN [button_]`
-             once visited; anything else verbatim.
+             the item-page URL; product links `\n[button] ASIN [button_]`, or
+             `\n[clicked button] ASIN [clicked button_]` once visited; anything else verbatim.
 
 A template slot becomes a node by BeautifulSoup's rules: an empty string gives no node, a whitespace-only string
 gives '\n' (dropped) if it holds a newline and ' ' otherwise, anything else is kept as it is.
@@ -107,13 +107,13 @@ def page_nodes(state: PageState, instruction: str, product: Product | None, show
 
 
 def _done_nodes(state: PageState, product: Product) -> list[Node]:
-    # The episode is over on this page; no policy acts on it. Hidden debug blocks are kept as upstream does.
+    # The episode is over on this page; no policy acts on it. The reward parts are in the step info.
     return _nodes(
         Node("Thank you for shopping with us!", "text"), Node("Your code: ", "text"), Node("None", "text"),
         Node(" (Paste it in your MTurk interface.)", "text"), Node("Purchased", "text"), Node("asin", "text"),
         _text(state.asin), Node("options", "text"), Node(json.dumps(state.options, sort_keys=True), "text"),
         Node("Your score (min 0.0, max 1.0)", "text"), Node(str(state.reward), "text"),
-        Node("Reward Details ", "text"), Node(str(state.reward_info), "text"),
+        Node("Reward Details ", "text"), Node("None", "text"),  # upstream renders it without reward_info
     )
 
 
@@ -143,7 +143,7 @@ def render(nodes: list[Node], mode: str, url: str = "", visited: set[str] = froz
             else:
                 lines.append(f"  [button] {t} [button_]")
         elif role == "link":
-            lines.append(f"\n[clicked button] {t} [button_]" if t in visited else f"\n[button] {t} [button_]")
+            lines.append(f"\n[clicked button] {t} [clicked button_]" if t in visited else f"\n[button] {t} [button_]")
         else:
             lines.append(t)
     return "".join(reversed(clicked)) + "".join(line + "\n" for line in lines)

@@ -46,7 +46,8 @@ def normalize_color(x):
 
 
 @lru_cache(maxsize=1)
-def _nlp():
+def load_tagger():
+    """spaCy en_core_web_sm (3.8), loaded once; about 2 s, so callers that time episodes load it first."""
     # Only the tagger and attribute ruler decide `pos_`; the parser, NER and lemmatizer are skipped for speed.
     import spacy
 
@@ -56,7 +57,7 @@ def _nlp():
 @lru_cache(maxsize=65536)
 def title_nouns(title: str) -> tuple[str, ...]:
     """Lower-cased nouns and proper nouns of a product title, duplicates kept (cached: titles repeat)."""
-    return tuple(t.text.lower() for t in _nlp()(title) if t.pos_ in NOUN_TAGS)
+    return tuple(t.text.lower() for t in load_tagger()(title) if t.pos_ in NOUN_TAGS)
 
 
 def type_reward(product: Product, goal: Goal) -> dict:
