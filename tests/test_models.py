@@ -1,0 +1,49 @@
+"""The embedded SmolLM2 model converts once to a plain checkpoint; other ids resolve offline or fail in one line."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from policy.models import EMBEDDED, ModelError, resolve_model
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("home")
+    return root, resolve_model(EMBEDDED, root)
+
+
+def test_embedded_converts_to_a_loadable_bf16_checkpoint(embedded):
+    _, path = embedded
+    assert (path / "model.safetensors").is_file() and (path / "config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+    assert not hasattr(model.config, "quantization_config")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "4" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_embedded_is_converted_once(embedded):
+    root, path = embedded
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model(EMBEDDED, root) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # reused, not written again
+    assert not list(path.parent.glob(".tmp-*"))
+
+
+def test_local_folder_is_used_as_is(embedded):
+    _, path = embedded
+    assert resolve_model(str(path)) == path
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("/no/such/checkpoint", "expected a checkpoint folder with config.json"),
+    ("Qwen/Qwen2.5-3B-Instruct-not-cached", "is not available offline"),
+    ("not a valid id!!", "is not available offline"),
+])
+def test_unavailable_model_is_one_clear_line(model, expected, tmp_path):
+    with pytest.raises(ModelError, match=expected) as e:
+        resolve_model(model, tmp_path)
+    assert "\n" not in str(e.value)
