@@ -106,4 +106,6 @@ def open_catalogue(data: str | Path | None = None, num_products: int | None = No
 
 
 def store_goals(catalogue: Catalogue, goals: GoalSet, root: str | Path | None = None) -> Path:
-    return write_table(goals_table(goals), catalogue_dir(catalogue.name, root) / f"goals-seed{goals.seed}.parquet")
+    """Write the goals beside their products once (they are a function of the catalogue and the seed)."""
+    path = catalogue_dir(catalogue.name, root) / f"goals-{goals.kind}-seed{goals.seed}.parquet"
+    return path if path.is_file() else write_table(goals_table(goals), path)

@@ -49,6 +49,7 @@ class GoalSet:
     goals: list[Goal]
     product_prices: dict[str, float]
     seed: int
+    kind: str  # "synthetic" | "human"
 
     def __len__(self) -> int:
         return len(self.goals)
@@ -138,4 +139,4 @@ def build_goals(catalogue: Catalogue, kind: str = "synthetic", seed: int = 0) ->
     prices = product_prices(catalogue, rng)
     goals = builders[kind](catalogue, prices, rng)
     random.Random(GOAL_ORDER_SEED).shuffle(goals)
-    return GoalSet(goals, prices, seed)
+    return GoalSet(goals, prices, seed, kind)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from webshop.env import BatchEnv, Episode, Shop
+from webshop.pages import PRODUCT_WINDOW
 from webshop.reward import load_tagger
 
 Policy = Callable[[Episode, dict], str]
@@ -50,7 +51,7 @@ def oracle_policy(episode: Episode, memory: dict) -> str:
     if state.kind == "results":
         if target in clickables:
             return f"click[{target}]"
-        if state.page * 10 < len(state.results):
+        if state.page * PRODUCT_WINDOW < len(state.results):
             return "click[next >]"
     if state.kind in ("item", "sub"):
         return "click[< prev]"
