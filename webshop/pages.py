@@ -65,6 +65,11 @@ def _text(s: str, role: str = "text") -> Node | None:
     return None if s is None else Node(s, role)
 
 
+def _sub_page_buttons(show_attrs: bool) -> tuple[str, ...]:
+    """The item page's sub-page buttons: Attributes only when the shop shows attributes."""
+    return tuple(s for s in SUB_PAGES if s != "Attributes" or show_attrs)
+
+
 def _header(instruction: str) -> list[Node]:
     return _nodes(Node("Instruction:", "text"), _text(instruction), Node(BACK_TO_SEARCH, "button"))
 
@@ -89,7 +94,7 @@ def page_nodes(state: PageState, instruction: str, product: Product | None, show
             nodes += _nodes(_text(name), *(_text(v, "label") for v in values))
         nodes += _nodes(_text(product.title), Node(f"Price: {product.price_text}", "text"),
                         Node("Rating: N.A.", "text"))
-        nodes += [Node(s, "button") for s in SUB_PAGES if s != "Attributes" or show_attrs]
+        nodes += [Node(s, "button") for s in _sub_page_buttons(show_attrs)]
         return nodes + [Node(BUY_NOW, "button")]
     if state.kind == "sub":
         nodes = _header(instruction) + [Node(PREV_PAGE, "button")]
@@ -166,8 +171,7 @@ def clickables(state: PageState, product: Product | None, show_attrs: bool = Fal
         for p in results_on_page(state):
             out[p.asin.lower()] = ("link",)
     elif state.kind == "item":
-        for b in (BACK_TO_SEARCH, PREV_PAGE) + tuple(s for s in SUB_PAGES if s != "Attributes" or show_attrs) \
-                + (BUY_NOW,):
+        for b in (BACK_TO_SEARCH, PREV_PAGE) + _sub_page_buttons(show_attrs) + (BUY_NOW,):
             out[b.lower()] = ("button",)
         for name, values in product.options.items():
             for v in values:
