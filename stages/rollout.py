@@ -1,0 +1,188 @@
+"""Rollouts: multi-turn episodes of a model against WebShop, every live episode stepped together.
+
+One code path serves A*-PO stage 1 (`reference`: k episodes per goal from the frozen reference model), the
+per-iteration `rollout` (n episodes per goal from the current checkpoint) and `eval` (greedy). Each turn the
+loop builds the prompt of every live episode, calls the engine once for all of them, parses the first action
+of each reply, steps the batched environment and appends the exact ids to the episode's turns.
+
+Nothing here knows about Prefect; the stage functions take plain values and return the output folder.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+from tqdm import tqdm
+
+from policy.engines import Sampling
+from policy.prompts import PromptConfig, encode_prompt, parse_action
+from storage.parquet import write_table
+from storage.stages import code_version, read_manifest, stage_dir, stage_key, stage_output
+from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA, to_table
+from webshop.env import BatchEnv, Shop
+
+log = logging.getLogger(__name__)
+REWARD_PARTS = ("r_type", "r_att", "r_option", "r_price")
+
+
+@dataclass(frozen=True)
+class RolloutParams:
+    temperature: float = 0.9
+    """Sampling temperature; 0 is greedy (eval)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 48
+    """Cap on one reply's tokens."""
+    max_episode_steps: int = 15
+    """Environment steps before an episode is cut (reward 0)."""
+    history_turns: int = 2
+    """Previous turns kept in the prompt."""
+    max_prompt_tokens: int = 1536
+    """Prompt budget; history is dropped from the oldest turn to fit."""
+    seed: int = 0
+    """Sampling seed of the stage."""
+
+    def prompt(self) -> PromptConfig:
+        return PromptConfig(self.history_turns, self.max_prompt_tokens)
+
+
+@dataclass
+class _Live:
+    """One episode's running record."""
+    goal_idx: int
+    sample_idx: int
+    turns: list[dict] = field(default_factory=list)
+    history: list[tuple[str, str]] = field(default_factory=list)
+    end_reason: str | None = None
+
+
+def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams,
+                 progress: bool = False) -> tuple[list[dict], list[dict]]:
+    """Play one episode per (goal_idx, sample_idx) request. Returns (episode rows, turn rows) without the
+    run/stage columns; `episode_id` is filled in by the caller (it holds those)."""
+    env = BatchEnv(shop, "text", params.max_episode_steps)
+    env.reset([g for g, _ in requests])
+    live = [_Live(g, s) for g, s in requests]
+    bar = tqdm(total=len(requests), desc="episodes", unit="ep", disable=not progress, leave=False)
+    turn = 0
+    while env.live():
+        positions, prompts = [], []
+        for i in env.live():
+            ep = env.episodes[i]
+            ids = encode_prompt(engine.tokenizer, ep.goal.instruction_text, ep.observation(),
+                                ep.available_actions(), live[i].history, params.prompt())
+            if ids is None:  # even the current turn alone does not fit: end it, keep what it did
+                ep.done, live[i].end_reason = True, "context"
+                bar.update()
+                continue
+            positions.append(i)
+            prompts.append(ids)
+        if not positions:
+            break
+        sampling = Sampling(params.temperature, params.top_p, params.max_new_tokens, params.seed * 1000 + turn)
+        try:
+            completions = engine.generate(prompts, sampling)
+        except Exception as e:  # e.g. out of KV cache: finished episodes are kept, the live ones end here
+            log.warning("engine %s failed on turn %d (%s: %s); %d live episodes end with engine_error",
+                        engine.name, turn, type(e).__name__, str(e).splitlines()[0] if str(e) else "", len(positions))
+            for i in positions:
+                env.episodes[i].done, live[i].end_reason = True, "engine_error"
+            bar.update(len(positions))
+            break
+        actions = {}
+        for i, ids, c in zip(positions, prompts, completions):
+            ep = env.episodes[i]
+            action = parse_action(c.text) or ""
+            actions[i] = action
+            live[i].turns.append({"turn": turn, "page": ep.state.kind, "observation": ep.observation(),
+                                  "prompt_ids": ids, "completion_ids": c.token_ids,
+                                  "completion_logprobs": c.logprobs, "completion_text": c.text,
+                                  "action": action})
+        for i, result in env.step(actions).items():
+            ep, rec = env.episodes[i], live[i]
+            rec.turns[-1]["valid"] = result.info["valid"]
+            rec.history.append((rec.turns[-1]["observation"], rec.turns[-1]["completion_text"]))
+            if result.done:
+                rec.end_reason = result.info["end_reason"]
+                bar.update()
+        turn += 1
+    bar.close()
+    return _rows(env, live)
+
+
+def _rows(env: BatchEnv, live: list[_Live]) -> tuple[list[dict], list[dict]]:
+    episodes, turns = [], []
+    for ep, rec in zip(env.episodes, live):
+        info = ep.state.reward_info if rec.end_reason == "bought" else None
+        reward = ep.state.reward if rec.end_reason == "bought" else 0.0
+        episodes.append({
+            "goal_idx": rec.goal_idx, "sample_idx": rec.sample_idx, "reward": reward,
+            **{p: (info or {}).get(p) for p in REWARD_PARTS}, "success": reward == 1.0,
+            "n_steps": ep.steps, "end_reason": rec.end_reason,
+            "format_errors": sum(t["action"] == "" for t in rec.turns),
+            "invalid_actions": sum(not t["valid"] for t in rec.turns),
+            "prompt_tokens": sum(len(t["prompt_ids"]) for t in rec.turns),
+            "completion_tokens": sum(len(t["completion_ids"]) for t in rec.turns)})
+        turns.append(rec.turns)
+    return episodes, turns
+
+
+def episode_requests(goals: list[int], samples: int | list[int]) -> list[tuple[int, int]]:
+    """(goal_idx, sample_idx) pairs: `samples` episodes of every goal, or samples[i] of goals[i]."""
+    counts = samples if isinstance(samples, list) else [samples] * len(goals)
+    return [(g, s) for g, n in zip(goals, counts) for s in range(n)]
+
+
+def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams, *, run: str,
+                  stage: str, iteration: int | None, checkpoint: str, inputs: dict[str, str],
+                  root=None, progress: bool = True):
+    """Run (or reuse) one rollout stage; returns its folder with episodes.parquet, turns.parquet, manifest.
+
+    `engine_factory(checkpoint)` is only called when the stage is not done yet (loading an engine costs
+    tens of seconds). `inputs` names what the output depends on besides the parameters (catalogue, goal
+    set, checkpoint key) and goes into the stage key with the code version.
+    """
+    key_params = {"stage": stage, **asdict(params)}
+    key = stage_key({**key_params, "requests": requests}, {**inputs, "checkpoint": checkpoint},
+                    code_version("webshop", "policy", "stages/rollout.py"))
+    folder = stage_dir(run, stage, key, iteration, root)
+    if read_manifest(folder) is not None:
+        log.info("%s: done already (%s), skipped", stage, folder)
+        return folder
+    engine = engine_factory(checkpoint)
+    start = time.perf_counter()
+    episodes, turns = run_episodes(engine, shop, requests, params, progress)
+    seconds = time.perf_counter() - start
+    episode_rows, turn_rows = [], []
+    for ep, ep_turns in zip(episodes, turns):
+        episode_id = f"{run}/{stage}/{'' if iteration is None else iteration}/{ep['goal_idx']}/{ep['sample_idx']}"
+        episode_rows.append({"episode_id": episode_id, "run": run, "iteration": iteration, "stage": stage,
+                             "checkpoint": checkpoint, "seed": params.seed, **ep})
+        turn_rows += [{"episode_id": episode_id, **t} for t in ep_turns]
+    summary = {"goals": len({g for g, _ in requests}), "episodes": len(episode_rows), "turns": len(turn_rows),
+               "seconds": round(seconds, 2), "engine": engine.name,
+               "mean_reward": sum(e["reward"] for e in episode_rows) / max(1, len(episode_rows)),
+               "completion_tokens": sum(e["completion_tokens"] for e in episode_rows),
+               "end_reasons": {r: sum(e["end_reason"] == r for e in episode_rows)
+                               for r in sorted({e["end_reason"] for e in episode_rows})}}
+    manifest = {"stage": stage, "run": run, "iteration": iteration, "key": key, "params": key_params,
+                "inputs": {**inputs, "checkpoint": checkpoint}, "summary": summary}
+    with stage_output(folder, manifest) as tmp:
+        write_table(to_table(episode_rows, EPISODES_SCHEMA), tmp / "episodes.parquet")
+        write_table(to_table(turn_rows, TURNS_SCHEMA), tmp / "turns.parquet")
+    log.info("%s: %d episodes, %d turns in %.1f s, mean reward %.3f -> %s", stage, len(episode_rows),
+             len(turn_rows), seconds, summary["mean_reward"], folder)
+    return folder
+
+
+def reference_samples(v_star_samples: int, adaptive: bool, position: int, total: int) -> int:
+    """Reference samples for the goal at `position` of the run's `total` training goals (in training order).
+
+    Fixed: k for every goal. Adaptive (the seed's schedule, 8 -> 4 -> 2 for k = 8): the first third of the
+    goals get k, the second third k // 2, the rest k // 4, never fewer than 2 (V* needs a spread).
+    """
+    if not adaptive:
+        return v_star_samples
+    third = min(2, 3 * position // max(1, total))
+    return max(2, v_star_samples >> third)

@@ -1,0 +1,69 @@
+"""Stage outputs: where they live, how they are keyed, when they count as done.
+
+    runs/<run>/reference/<key>/             (once per run: A*-PO stage 1)
+    runs/<run>/iter=0003/<stage>/<key>/      (rollout, weights, train, eval of one iteration)
+
+`<key>` hashes the stage's parameters, its inputs' keys and the source of the code that computes it, so a
+changed parameter, input or helper gives a new folder beside the old one; nothing is overwritten. A stage is
+done when its folder holds `manifest.json`. Outputs are written into a temporary folder that is renamed into
+place with the manifest already inside, so a crash never leaves a folder that looks done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from storage.layout import storage_root
+
+MANIFEST = "manifest.json"
+_PROJECT = Path(__file__).resolve().parent.parent
+
+
+def code_version(*parts: str) -> str:
+    """Hash of the source files under the given project-relative packages or files (.py and .sql)."""
+    h = hashlib.sha256()
+    for part in parts:
+        path = _PROJECT / part
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".py", ".sql")) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(_PROJECT)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def stage_key(params: dict, inputs: dict[str, str], code: str) -> str:
+    blob = json.dumps({"params": params, "inputs": inputs, "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def stage_dir(run: str, stage: str, key: str, iteration: int | None = None, root: str | Path | None = None) -> Path:
+    base = storage_root(root) / "runs" / run
+    return (base / stage if iteration is None else base / f"iter={iteration:04d}" / stage) / key
+
+
+def read_manifest(folder: Path) -> dict | None:
+    path = Path(folder) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@contextmanager
+def stage_output(folder: Path, manifest: dict):
+    """Yield a temporary folder to write the stage's files into; on success the manifest is added and the
+    folder renamed to `folder`. On an exception the temporary folder is removed and nothing is published."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        yield tmp
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        if folder.exists():  # a folder without a manifest is an unfinished leftover, never a result
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
