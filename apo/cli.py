@@ -1,11 +1,15 @@
 """`apo`: the command line. Each subcommand is a thin wrapper; errors in user input print one line, exit 2.
 
     apo baseline --policy {rule,oracle} --split test --num-goals 100 [--data DIR]
+    apo train [--model M --num-steps N --batch-size B --beta 0.5 ...]    N iterations (Prefect, ephemeral mode)
+    apo iteration [--iteration I] [--from-stage train] [config flags]   one iteration (the apo flow)
+    apo sql "SELECT ..."                                                 query the run tables (DuckDB)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -40,7 +44,48 @@ def baseline(args: argparse.Namespace) -> dict:
             "seed": args.seed, "load_s": round(load_s, 3), **summary}
 
 
+def configure_prefect(root: str | None) -> None:
+    """Prefect's home under the storage root, telemetry off; set before prefect is imported."""
+    from storage.layout import storage_root
+
+    os.environ.setdefault("PREFECT_HOME", str(storage_root(root) / "prefect"))
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stages")  # stage logs (loss, tokens/s) in the UI
+
+
+def train(args: argparse.Namespace) -> dict:
+    from apo.config import config_from_args
+    configure_prefect(args.output_dir)
+    from flows.apo import apo_train
+
+    records = apo_train(config_from_args(args))
+    return {"run": args.run, "iterations": len(records),
+            "checkpoint": records[-1]["checkpoint"] if records else None}
+
+
+def iteration(args: argparse.Namespace) -> dict:
+    from apo.config import config_from_args
+    configure_prefect(args.output_dir)
+    from flows.apo import apo
+
+    record = apo(config_from_args(args), args.iteration, args.from_stage)
+    return {k: record[k] for k in ("iteration", "rollout", "weights", "train", "eval", "checkpoint")}
+
+
+def sql(args: argparse.Namespace) -> None:
+    from storage.catalog import query
+
+    columns, rows = query(args.query, args.home)
+    print("\t".join(columns))
+    for row in rows:
+        print("\t".join("" if v is None else str(v) for v in row))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from apo.config import add_config_arguments
+    from stages.pipeline import STAGES
+
     parser = argparse.ArgumentParser(prog="apo", description="A*-PO training of WebShop agents")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("baseline", help="score a scripted policy (rule or oracle) on a goal split")
@@ -55,18 +100,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="seeds product prices and goal price caps")
     b.add_argument("--max-episode-steps", type=_positive_int, default=15)
     b.add_argument("--home", default=None, help="storage root (default: $APO_HOME or ./storage_root)")
-    b.set_defaults(run=baseline)
+    b.set_defaults(func=baseline)
+    t = sub.add_parser("train", help="run --num-steps A*-PO iterations (resumes an interrupted run)")
+    add_config_arguments(t)
+    t.set_defaults(func=train)
+    it = sub.add_parser("iteration", help="run or replay one iteration (the apo flow)")
+    add_config_arguments(it)
+    it.add_argument("--iteration", type=_positive_int, default=None,
+                    help="iteration number (default: the next one; the last one with --from-stage)")
+    it.add_argument("--from-stage", choices=STAGES, default=None,
+                    help="recompute this stage and the ones after it; earlier ones must be cached")
+    it.set_defaults(func=iteration)
+    q = sub.add_parser("sql", help="query the run tables: episodes, turns, weights, v_star, diagnostics, "
+                                   "train_metrics, eval, iterations")
+    q.add_argument("query")
+    q.add_argument("--home", default=None, help="storage root (default: $APO_HOME or ./storage_root)")
+    q.set_defaults(func=sql)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = args.run(args)
+        result = args.func(args)
     except (DataError, ValueError, FileNotFoundError) as e:
         print(f"apo {args.command}: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    if result is not None:
+        print(json.dumps(result))
     return 0
 
 

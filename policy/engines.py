@@ -74,6 +74,9 @@ class HFEngine:
         vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
         self.stop_piece_ids = {i for i, piece in enumerate(vocab) if piece and STOP in piece}
 
+    def close(self) -> None:
+        self.model = None
+
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Completion]:
         import torch
 
@@ -128,6 +131,11 @@ class VLLMEngine:
                        enforce_eager=True, enable_prefix_caching=True, gpu_memory_utilization=0.5)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = max_model_len
+
+    def close(self) -> None:
+        """Stop the engine's processes and free its KV cache."""
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
 
     def generate(self, prompts: list[list[int]], sampling: Sampling) -> list[Completion]:
         from vllm import SamplingParams

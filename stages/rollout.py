@@ -18,7 +18,7 @@ from tqdm import tqdm
 from policy.engines import Sampling
 from policy.prompts import PromptConfig, encode_prompt, parse_action
 from storage.parquet import write_table
-from storage.stages import code_version, read_manifest, stage_dir, stage_key, stage_output
+from storage.stages import code_version, read_manifest, require_done, stage_dir, stage_key, stage_output
 from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA, to_table
 from webshop.env import BatchEnv, Shop
 
@@ -136,20 +136,25 @@ def episode_requests(goals: list[int], samples: int | list[int]) -> list[tuple[i
 
 def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams, *, run: str,
                   stage: str, iteration: int | None, checkpoint: str, inputs: dict[str, str],
-                  root=None, progress: bool = True):
+                  root=None, progress: bool = True, force: bool = False, cached_only: bool = False,
+                  extra_tables=None):
     """Run (or reuse) one rollout stage; returns its folder with episodes.parquet, turns.parquet, manifest.
 
     `engine_factory(checkpoint)` is only called when the stage is not done yet (loading an engine costs
     tens of seconds). `inputs` names what the output depends on besides the parameters (catalogue, goal
-    set, checkpoint key) and goes into the stage key with the code version.
+    set, checkpoint key) and goes into the stage key with the code version. `force` recomputes a done stage
+    (the new folder replaces the old one atomically); `cached_only` raises instead of computing a stage that is not
+    done (a replay must not re-run it). `extra_tables(episode_rows) -> {name: table}` adds
+    tables to the same folder (the eval stage's summary).
     """
     key_params = {"stage": stage, **asdict(params)}
     key = stage_key({**key_params, "requests": requests}, {**inputs, "checkpoint": checkpoint},
                     code_version("webshop", "policy", "stages/rollout.py"))
     folder = stage_dir(run, stage, key, iteration, root)
-    if read_manifest(folder) is not None:
+    if read_manifest(folder) is not None and not force:
         log.info("%s: done already (%s), skipped", stage, folder)
         return folder
+    require_done(folder, stage, cached_only)
     engine = engine_factory(checkpoint)
     start = time.perf_counter()
     episodes, turns = run_episodes(engine, shop, requests, params, progress)
@@ -171,6 +176,8 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
     with stage_output(folder, manifest) as tmp:
         write_table(to_table(episode_rows, EPISODES_SCHEMA), tmp / "episodes.parquet")
         write_table(to_table(turn_rows, TURNS_SCHEMA), tmp / "turns.parquet")
+        for name, table in (extra_tables(episode_rows) if extra_tables else {}).items():
+            write_table(table, tmp / f"{name}.parquet")
     log.info("%s: %d episodes, %d turns in %.1f s, mean reward %.3f -> %s", stage, len(episode_rows),
              len(turn_rows), seconds, summary["mean_reward"], folder)
     return folder

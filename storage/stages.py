@@ -51,6 +51,13 @@ def read_manifest(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def require_done(folder: Path, stage: str, cached_only: bool) -> None:
+    """With `cached_only`, a stage that is not done is an error instead of being computed."""
+    if cached_only and read_manifest(folder) is None:
+        raise ValueError(f"the {stage} stage is not cached ({folder}): run the iteration without from_stage "
+                         "first, or replay from an earlier stage")
+
+
 @contextmanager
 def stage_output(folder: Path, manifest: dict):
     """Yield a temporary folder to write the stage's files into; on success the manifest is added and the

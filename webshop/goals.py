@@ -54,8 +54,15 @@ class GoalSet:
     def __len__(self) -> int:
         return len(self.goals)
 
-    def split(self, name: str, test_size: int = 500, eval_size: int = 1000) -> range:
-        """Goal indices of a split: test = [0, 500), eval = [500, 1500), train = the rest (upstream's)."""
+    def split(self, name: str, test_size: int | None = None, eval_size: int | None = None) -> range:
+        """Goal indices of a split: test = [0, 500), eval = [500, 1500), train = the rest (upstream's).
+
+        A goal set under 3,000 goals (a small generated catalogue) is split 20% / 10% / 70% instead, so
+        that it has training goals.
+        """
+        small = len(self.goals) < 3000
+        test_size = test_size if test_size is not None else (len(self.goals) // 5 if small else 500)
+        eval_size = eval_size if eval_size is not None else (len(self.goals) // 10 if small else 1000)
         bounds = {"test": (0, test_size), "eval": (test_size, test_size + eval_size),
                   "train": (test_size + eval_size, len(self.goals))}
         if name not in bounds:

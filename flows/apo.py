@@ -1,0 +1,74 @@
+"""Prefect flows: wiring only. Every task body is one call into `stages.pipeline` (plain, tested functions).
+
+    apo         one iteration: reference + rollout -> weights -> train -> eval (deployment `apo/iteration`)
+    apo-train   `num_steps` iterations of `apo` as subflows (what `apo train` runs, in ephemeral mode)
+
+Prefect's result cache is off on purpose: the stages key their outputs by parameters, inputs and code, which
+Prefect's cache cannot see (changed files, edited helpers).
+"""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+
+from apo.config import Config
+from stages import pipeline
+
+
+@task(name="reference", cache_policy=None)
+def reference(config: Config, iteration: int, from_stage: str | None) -> str:
+    return pipeline.run_reference(config, iteration, from_stage)
+
+
+@task(name="rollout", cache_policy=None)
+def rollout(config: Config, iteration: int, from_stage: str | None) -> str:
+    return pipeline.run_rollout(config, iteration, from_stage)
+
+
+@task(name="weights", cache_policy=None)
+def weights(config: Config, iteration: int, reference_dir: str, rollout_dir: str, from_stage: str | None) -> str:
+    return pipeline.run_weights(config, iteration, reference_dir, rollout_dir, from_stage)
+
+
+@task(name="train", cache_policy=None)
+def train(config: Config, iteration: int, weights_dir: str, rollout_dir: str, from_stage: str | None) -> str:
+    return pipeline.run_train(config, iteration, weights_dir, rollout_dir, from_stage)
+
+
+@task(name="eval", cache_policy=None)
+def evaluate(config: Config, iteration: int, train_dir: str, from_stage: str | None) -> str:
+    return pipeline.run_eval(config, iteration, train_dir, from_stage)
+
+
+@flow(name="apo")
+def apo(config: Config | None = None, iteration: int | None = None, from_stage: str | None = None) -> dict:
+    """One A*-PO iteration. `iteration` defaults to the next one (the last done one when replaying with
+    `from_stage`); `from_stage` in reference|rollout|weights|train|eval re-runs that stage and the ones after."""
+    config = config or Config()
+    config.check()
+    pipeline.check_run_config(config)
+    i = iteration or (pipeline.last_iteration(config) if from_stage else pipeline.last_iteration(config) + 1)
+    if i < 1:
+        raise ValueError(f"run {config.run!r} has no iteration to replay from_stage={from_stage}")
+    ref = reference(config, i, from_stage)
+    ro = rollout(config, i, from_stage)
+    w = weights(config, i, ref, ro, from_stage)
+    tr = train(config, i, w, ro, from_stage)
+    ev = evaluate(config, i, tr, from_stage) if pipeline.eval_due(config, i) else None
+    record = pipeline.record_iteration(config, i, {"reference": ref, "rollout": ro, "weights": w, "train": tr,
+                                                   "eval": ev})
+    get_run_logger().info("iteration %d done: checkpoint %s", i, record["checkpoint"])
+    return record
+
+
+@flow(name="apo-train")
+def apo_train(config: Config | None = None) -> list[dict]:
+    """Iterations from the last completed one up to num_steps; an interrupted run resumes where it stopped
+    (each stage reuses its cached output, so no row is written twice)."""
+    config = config or Config()
+    config.check()
+    pipeline.check_run_config(config)
+    records = []
+    for i in range(pipeline.last_iteration(config) + 1, config.num_steps + 1):
+        records.append(apo(config, i))
+    pipeline.release_engine()
+    return records

@@ -1,0 +1,229 @@
+"""One A*-PO iteration as plain functions, one per DAG node; `flows/apo.py` wires them as Prefect tasks.
+
+    reference(i) ─┐
+    rollout(i) ───┴─> weights(i) ──> train(i) ──> eval(i) (every eval_frequency and at the last step)
+
+Iteration i trains on goals batch i of the run's shuffled training split; its policy is the checkpoint of
+iteration i-1's train stage (the base model for i = 1). After the iteration, `runs/<run>/iter=<i>/iteration.json`
+records the folders it used, which is how iteration i+1 (or a replay of i) finds them.
+
+Replay: every stage is keyed by its parameters, inputs and code, so a changed training parameter re-runs only
+train (and eval), a changed beta re-runs weights and train. `from_stage` forces a stage and the ones after it to
+be recomputed and requires the ones before it to be cached: a replay never re-runs a rollout by accident.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+from apo.config import Config
+from policy.engines import make_engine
+from policy.models import resolve_model
+from stages.evaluate import eval_stage
+from stages.rollout import episode_requests, reference_samples, rollout_stage
+from stages.train import train_stage
+from stages.weights import weights_stage
+from storage.layout import storage_root
+
+log = logging.getLogger(__name__)
+STAGES = ("reference", "rollout", "weights", "train", "eval")
+# Fields a run is defined by: changing one of them mid-run would mix incomparable iterations.
+RUN_IDENTITY = ("model", "data", "num_products", "goal_kind", "seed", "batch_size")
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+def run_dir(config: Config) -> Path:
+    return storage_root(config.output_dir) / "runs" / config.run
+
+
+def check_run_config(config: Config) -> None:
+    """The first iteration stores the run's identity; later ones must match it (one clear line if not)."""
+    path = run_dir(config) / "config.json"
+    identity = {k: getattr(config, k) for k in RUN_IDENTITY}
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        diff = {k: (stored.get(k), v) for k, v in identity.items() if stored.get(k) != v}
+        if diff:
+            raise ValueError(f"run {config.run!r} was started with " +
+                             ", ".join(f"{k}={a!r}" for k, (a, _) in diff.items()) + "; got " +
+                             ", ".join(f"{k}={b!r}" for k, (_, b) in diff.items()) + ": use another --run")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(identity, indent=2))
+        tmp.replace(path)
+
+
+def iteration_record(config: Config, iteration: int) -> dict | None:
+    path = run_dir(config) / f"iter={iteration:04d}" / "iteration.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def last_iteration(config: Config) -> int:
+    done = [int(p.parent.name.split("=")[1]) for p in run_dir(config).glob("iter=*/iteration.json")]
+    return max(done, default=0)
+
+
+def record_iteration(config: Config, iteration: int, folders: dict[str, str | None]) -> dict:
+    record = {"iteration": iteration, **folders,
+              "checkpoint": str(Path(folders["train"]) / "checkpoint"), "config": asdict(config)}
+    path = run_dir(config) / f"iter={iteration:04d}" / "iteration.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
+    _prune_checkpoints(config, iteration)
+    return record
+
+
+def _prune_checkpoints(config: Config, iteration: int) -> None:
+    """Keep the last two checkpoints and every save_frequency-th; others lose their weights (their metrics
+    and manifest stay; the manifest says so)."""
+    old = iteration - 2
+    record = iteration_record(config, old) if old >= 1 else None
+    if record is None or old % config.save_frequency == 0:
+        return
+    checkpoint = Path(record["checkpoint"])
+    if checkpoint.is_dir():
+        shutil.rmtree(checkpoint)
+        log.info("pruned checkpoint of iteration %d (save_frequency %d): %s", old, config.save_frequency,
+                 checkpoint)
+
+
+# --- inputs of an iteration --------------------------------------------------------------------------------
+
+@lru_cache(maxsize=4)
+def _shop(data, num_products, goal_kind, seed, root):
+    from storage.catalogues import open_catalogue, store_goals
+    from webshop.env import Shop
+    from webshop.goals import build_goals
+
+    catalogue = open_catalogue(data, num_products, seed, root)
+    goals = build_goals(catalogue, goal_kind, seed)
+    store_goals(catalogue, goals, root)
+    return Shop(catalogue, goals)
+
+
+def shop(config: Config):
+    return _shop(config.data, config.num_products, config.goal_kind, config.seed, config.output_dir)
+
+
+def goal_batch(config: Config, iteration: int) -> list[int]:
+    """Goals of iteration i: consecutive slices of the training split shuffled once by the run's seed."""
+    train = list(shop(config).goals.split("train"))
+    if not train:
+        raise ValueError(f"catalogue has no training goals ({len(shop(config).goals)} goals); use more products")
+    random.Random(config.seed).shuffle(train)
+    start = (iteration - 1) * config.batch_size
+    return [train[(start + j) % len(train)] for j in range(config.batch_size)]
+
+
+def base_model(config: Config) -> Path:
+    return resolve_model(config.model, config.output_dir)
+
+
+def policy_checkpoint(config: Config, iteration: int) -> Path:
+    """The checkpoint iteration i acts with and trains from."""
+    if iteration == 1:
+        return base_model(config)
+    record = iteration_record(config, iteration - 1)
+    if record is None:
+        raise ValueError(f"run {config.run!r}: iteration {iteration - 1} is not done; run it first")
+    checkpoint = Path(record["checkpoint"])
+    if not (checkpoint / "config.json").is_file():
+        raise ValueError(f"run {config.run!r}: the checkpoint of iteration {iteration - 1} was pruned "
+                         f"(save_frequency {config.save_frequency}); replay from a kept iteration")
+    return checkpoint
+
+
+def _inputs(config: Config) -> dict[str, str]:
+    s = shop(config)
+    return {"catalogue": s.catalogue.name, "goals": f"{s.goals.kind}-seed{s.goals.seed}"}
+
+
+# --- engines: one at a time (a vLLM engine holds a KV cache of several GiB) ---------------------------------
+
+_ENGINE: dict = {}
+
+
+def engine_for(config: Config):
+    def factory(checkpoint: str):
+        if _ENGINE.get("checkpoint") != str(checkpoint):
+            release_engine()
+            _ENGINE.update(checkpoint=str(checkpoint),
+                           engine=make_engine(config.engine, checkpoint, seed=config.seed))
+        return _ENGINE["engine"]
+    return factory
+
+
+def release_engine() -> None:
+    engine = _ENGINE.pop("engine", None)
+    _ENGINE.pop("checkpoint", None)
+    if engine is not None:
+        engine.close()
+
+
+# --- the stages ---------------------------------------------------------------------------------------------
+
+def forced(from_stage: str | None) -> set[str]:
+    if from_stage is None:
+        return set()
+    if from_stage not in STAGES:
+        raise ValueError(f"from_stage {from_stage!r} is not one of {', '.join(STAGES)}")
+    return set(STAGES[STAGES.index(from_stage):])
+
+
+def run_reference(config: Config, iteration: int, from_stage: str | None = None) -> str:
+    goals = goal_batch(config, iteration)
+    k = reference_samples(config.v_star_samples, config.adaptive_v_star, iteration - 1, config.num_steps)
+    return str(_stage("reference", from_stage, lambda force, cached_only: rollout_stage(
+        engine_for(config), shop(config), episode_requests(goals, k), config.rollout_params(), run=config.run,
+        stage="reference", iteration=None, checkpoint=str(base_model(config)), inputs=_inputs(config),
+        root=config.output_dir, force=force, cached_only=cached_only)))
+
+
+def run_rollout(config: Config, iteration: int, from_stage: str | None = None) -> str:
+    goals = goal_batch(config, iteration)
+    return str(_stage("rollout", from_stage, lambda force, cached_only: rollout_stage(
+        engine_for(config), shop(config), episode_requests(goals, config.rollout_samples),
+        config.rollout_params(), run=config.run, stage="rollout", iteration=iteration,
+        checkpoint=str(policy_checkpoint(config, iteration)), inputs=_inputs(config), root=config.output_dir,
+        force=force, cached_only=cached_only)))
+
+
+def run_weights(config: Config, iteration: int, reference: str, rollout: str,
+                from_stage: str | None = None) -> str:
+    return str(_stage("weights", from_stage, lambda force, cached_only: weights_stage(
+        Path(reference), Path(rollout), config.weights_params(), run=config.run, iteration=iteration,
+        root=config.output_dir, force=force, cached_only=cached_only)))
+
+
+def run_train(config: Config, iteration: int, weights: str, rollout: str, from_stage: str | None = None) -> str:
+    release_engine()  # training needs the memory the engine's KV cache holds
+    return str(_stage("train", from_stage, lambda force, cached_only: train_stage(
+        policy_checkpoint(config, iteration), base_model(config), Path(weights), Path(rollout),
+        config.train_params(), run=config.run, iteration=iteration, root=config.output_dir, force=force,
+        cached_only=cached_only)))
+
+
+def eval_due(config: Config, iteration: int) -> bool:
+    return iteration % config.eval_frequency == 0 or iteration == config.num_steps
+
+
+def run_eval(config: Config, iteration: int, train: str, from_stage: str | None = None) -> str:
+    goals = list(shop(config).goals.split("test"))[:config.eval_goals]
+    return str(_stage("eval", from_stage, lambda force, cached_only: eval_stage(
+        engine_for(config), shop(config), goals, config.rollout_params(), run=config.run, iteration=iteration,
+        checkpoint=str(Path(train) / "checkpoint"), inputs=_inputs(config), root=config.output_dir,
+        force=force, cached_only=cached_only)))
+
+
+def _stage(name: str, from_stage: str | None, call) -> Path:
+    """Stages from `from_stage` on are recomputed; with a from_stage, the ones before it must be cached."""
+    force = name in forced(from_stage)
+    return call(force, from_stage is not None and not force)

@@ -1,0 +1,292 @@
+"""Train: one policy update per iteration on the policy's own sampled actions, read top to bottom.
+
+Data: every model reply of the iteration's rollout joined with its episode's weight (train_data.sql), as a
+Hugging Face `datasets.Dataset`. A row is one sequence, prompt_ids + completion_ids exactly as sampled; only the
+completion (action) tokens carry loss, so observations and prompts are masked by construction.
+
+Objectives (E = episodes in the batch, T_e = action tokens of episode e, A_e = r_e - V*(goal_e)):
+  weighted-sft  (1/E) sum_e w_e * mean_{t in T_e} CE_t  +  kl_coef * (1/E) sum_e mean_{t in T_e} KL_t
+                where KL_t = KL(pi(.|s_t) || pi_ref(.|s_t)) over the whole vocabulary (0 at initialisation).
+  apo           (1/E) sum_e (beta2 * sum_{t in T_e} (log pi - log pi_ref)(a_t) - A_e)^2     (the paper's loss)
+Both decompose over sequences, so micro-batches of sequences accumulate gradients. For `apo` the squared
+residual couples an episode's turns: a first no-grad pass computes each episode's log-ratio sum, and the
+backward pass uses the exact gradient 2 * beta2 * (beta2 * Delta_e - A_e) * grad(log pi), per token.
+
+Memory: the body runs once per micro-batch; logits are computed only at action positions, in chunks of
+`logits_chunk` positions, never for the whole vocabulary x sequence (bench/train measures the difference).
+Master weights and AdamW state are fp32, the forward runs under bf16 autocast; the checkpoint keeps fp32
+weights (bf16 would round away updates of lr 5e-6) and `training_state.pt` (step, optimizer, RNG, config).
+"""
+from __future__ import annotations
+
+import logging
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from storage.parquet import write_table
+from storage.stages import code_version, read_manifest, require_done, stage_dir, stage_key, stage_output
+
+log = logging.getLogger(__name__)
+OBJECTIVES = ("weighted-sft", "apo")
+TRAINING_STATE = "training_state.pt"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "generation_config.json")
+METRICS_SCHEMA = pa.schema([
+    ("step", pa.int32()), ("objective", pa.string()), ("loss", pa.float64()), ("ce", pa.float64()),
+    ("kl", pa.float64()), ("apo_residual", pa.float64()), ("mean_weight", pa.float64()), ("lr", pa.float64()),
+    ("grad_norm", pa.float64()), ("sequences", pa.int32()), ("action_tokens", pa.int64()),
+    ("tokens", pa.int64()), ("seconds", pa.float64()), ("tokens_per_s", pa.float64()),
+    ("peak_mem_mb", pa.float64()),
+])
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    objective: str = "weighted-sft"
+    """weighted-sft (the seed's method) or apo (the paper's least-squares objective)."""
+    learning_rate: float = 5e-6
+    """AdamW learning rate (constant)."""
+    kl_coef: float = 0.02
+    """Weight of KL(pi || pi_ref) in weighted-sft."""
+    beta2: float = 1e-3
+    """Scale of the log-ratio in the apo objective (the paper's beta2)."""
+    epochs: int = 1
+    """Optimizer steps per iteration, each over all of the iteration's sequences."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward; gradients accumulate over micro-batches."""
+    logits_chunk: int = 1024
+    """Action positions whose logits are materialised at once."""
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    seed: int = 0
+    """Seeds torch before each step (models with dropout); the RNG state is saved for resumes."""
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        for name in ("learning_rate", "micro_batch_size", "logits_chunk", "epochs", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in ("kl_coef", "beta2", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+
+def load_train_data(turns: Path, weights: Path):
+    """The training rows (train_data.sql) as a `datasets.Dataset`."""
+    import datasets
+
+    con = duckdb.connect()
+    table = con.sql((Path(__file__).parent / "train_data.sql").read_text(),
+                    params={"turns": str(turns), "weights": str(weights)}).to_arrow_table()
+    con.close()
+    if table.num_rows == 0:
+        raise ValueError(f"{weights}: no weighted turns to train on")
+    return datasets.Dataset(table)
+
+
+def action_logprobs(model, input_ids, attention_mask, prompt_lens, completion_lens, chunk: int,
+                    ref_model=None):
+    """Log-probabilities of the completion tokens of each row (right-padded sequences) under `model`,
+    and with `ref_model` also the reference's and the per-token KL(model || ref) over the vocabulary.
+
+    Returns (logp [N], ref_logp [N] | None, kl [N] | None, row [N]): N = all action tokens of the batch in
+    row order; `row` says which sequence each belongs to.
+    """
+    rows, positions = [], []
+    for r, (p, c) in enumerate(zip(prompt_lens, completion_lens)):
+        rows += [r] * c
+        positions += range(p - 1, p - 1 + c)  # the state before each action token predicts it
+    rows_t, pos_t = torch.tensor(rows), torch.tensor(positions)
+    targets = input_ids[rows_t, pos_t + 1]
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[rows_t, pos_t]
+    ref_hidden = None
+    if ref_model is not None:
+        with torch.no_grad():
+            ref_hidden = ref_model.base_model(input_ids=input_ids,
+                                              attention_mask=attention_mask).last_hidden_state[rows_t, pos_t]
+    head = model.get_output_embeddings()
+    logps, ref_logps, kls = [], [], []
+    for s in range(0, len(rows), chunk):
+        logits = F.log_softmax(head(hidden[s:s + chunk]).float(), dim=-1)
+        tgt = targets[s:s + chunk]
+        logps.append(logits.gather(1, tgt[:, None])[:, 0])
+        if ref_model is not None:
+            with torch.no_grad():
+                ref = F.log_softmax(ref_model.get_output_embeddings()(ref_hidden[s:s + chunk]).float(), dim=-1)
+            ref_logps.append(ref.gather(1, tgt[:, None])[:, 0])
+            kls.append((logits.exp() * (logits - ref)).sum(-1))
+    cat = torch.cat
+    return cat(logps), (cat(ref_logps) if ref_logps else None), (cat(kls) if kls else None), rows_t
+
+
+def _batch(rows: list[dict], pad_id: int):
+    seqs = [r["prompt_ids"] + r["completion_ids"] for r in rows]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids, mask, [len(r["prompt_ids"]) for r in rows], [len(r["completion_ids"]) for r in rows]
+
+
+def _peak_mem_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: int) -> dict:
+    """One optimizer step over all rows of `data` (gradient accumulation over micro-batches)."""
+    device = next(policy.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    data = data.to_list()
+    episodes = sorted({r["episode_id"] for r in data})
+    n_episodes = len(episodes)
+    # Longest first, so micro-batches hold sequences of similar length (little padding).
+    data.sort(key=lambda r: -(len(r["prompt_ids"]) + len(r["completion_ids"])))
+    batches = [data[s:s + params.micro_batch_size] for s in range(0, len(data), params.micro_batch_size)]
+
+    delta = {}  # apo: each episode's sum of log pi - log pi_ref over its action tokens, before the update
+    if params.objective == "apo":
+        with torch.no_grad(), autocast:
+            for rows in batches:
+                ids, mask, p_lens, c_lens = _batch(rows, pad_id)
+                logp, ref_logp, _, row = action_logprobs(policy, ids.to(device), mask.to(device), p_lens, c_lens,
+                                                         params.logits_chunk, ref_model)
+                for r, d in zip(row.tolist(), (logp - ref_logp).tolist()):
+                    delta[rows[r]["episode_id"]] = delta.get(rows[r]["episode_id"], 0.0) + d
+
+    start, tokens, action_tokens = time.perf_counter(), 0, 0
+    sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "apo_residual": 0.0}
+    optimizer.zero_grad(set_to_none=True)
+    for rows in batches:
+        ids, mask, p_lens, c_lens = _batch(rows, pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        tokens += int(mask.sum())
+        action_tokens += sum(c_lens)
+        with autocast:
+            logp, ref_logp, kl, row = action_logprobs(policy, ids, mask, p_lens, c_lens, params.logits_chunk,
+                                                      ref_model)
+        row = row.to(device)
+        # Per-token scale that turns sums over tokens into the per-episode means / sums of the objective.
+        per_ep_tokens = torch.tensor([rows[r]["episode_tokens"] for r in row.tolist()], device=device)
+        if params.objective == "weighted-sft":
+            weight = torch.tensor([rows[r]["weight"] for r in row.tolist()], device=device)
+            ce = (-logp * weight / per_ep_tokens).sum() / n_episodes
+            kl_term = (kl / per_ep_tokens).sum() / n_episodes
+            loss = ce + params.kl_coef * kl_term
+            sums["ce"] += ce.item()
+            sums["kl"] += kl_term.item()
+            sums["loss"] += loss.item()
+        else:
+            residual = torch.tensor([params.beta2 * delta[rows[r]["episode_id"]] - rows[r]["apo_target"]
+                                     for r in row.tolist()], device=device)
+            # d/dtheta (beta2*Delta - A)^2 = 2*beta2*(beta2*Delta - A) * sum_t dlogpi_t: a surrogate with that
+            # gradient; its value is not the loss (the loss is logged from the residuals below).
+            loss = (2 * params.beta2 * residual * logp).sum() / n_episodes
+            sums["kl"] += ((kl / per_ep_tokens).sum() / n_episodes).item()
+            sums["ce"] += ((-logp / per_ep_tokens).sum() / n_episodes).item()
+        loss.backward()
+    if params.objective == "apo":
+        targets = {r["episode_id"]: r["apo_target"] for r in data}
+        residuals = [params.beta2 * delta[e] - targets[e] for e in episodes]
+        sums["loss"] = sum(x * x for x in residuals) / n_episodes
+        sums["apo_residual"] = sum(residuals) / n_episodes
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), params.grad_clip).item()
+    optimizer.step()
+    seconds = time.perf_counter() - start
+    weights = {r["episode_id"]: r["weight"] for r in data}
+    return {**sums, "mean_weight": sum(weights.values()) / n_episodes, "grad_norm": grad_norm,
+            "sequences": len(data), "action_tokens": action_tokens, "tokens": tokens, "seconds": seconds,
+            "tokens_per_s": tokens / seconds, "peak_mem_mb": _peak_mem_mb()}
+
+
+def load_policy(checkpoint: Path, reference: Path, params: TrainParams):
+    """(policy trainable, reference frozen, optimizer, start step), both fp32. A checkpoint written by this
+    stage resumes its optimizer and step; one trained from another reference model is refused."""
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    policy = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).train()
+    # The reference runs exactly like the policy (fp32 weights, bf16 autocast), so KL is 0 at initialisation.
+    ref_model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).to(device).eval()
+    ref_model.requires_grad_(False)
+    if policy.config.vocab_size != ref_model.config.vocab_size or \
+            policy.config.model_type != ref_model.config.model_type:
+        raise ValueError(f"checkpoint {checkpoint} ({policy.config.model_type}, vocab {policy.config.vocab_size}) "
+                         f"does not match reference {reference} ({ref_model.config.model_type}, "
+                         f"vocab {ref_model.config.vocab_size})")
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    step = 0
+    state_path = Path(checkpoint) / TRAINING_STATE
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        if state["reference"] != str(reference):
+            raise ValueError(f"checkpoint {checkpoint} was trained against reference {state['reference']}, "
+                             f"not {reference}: start a new run")
+        if state["objective"] != params.objective:
+            raise ValueError(f"checkpoint {checkpoint} was trained with objective {state['objective']}, "
+                             f"not {params.objective}: start a new run")
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # a replay with another learning rate uses the new one
+            group["lr"] = params.learning_rate
+        step = state["step"]
+        torch.set_rng_state(state["rng"])
+    return policy, ref_model, optimizer, step
+
+
+def save_checkpoint(policy, optimizer, step: int, source: Path, reference: Path, params: TrainParams,
+                    out: Path) -> None:
+    policy.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy(Path(source) / name, out / name)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                "reference": str(reference), "objective": params.objective, "params": asdict(params)},
+               out / TRAINING_STATE)
+
+
+def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_dir: Path, params: TrainParams, *,
+                run: str, iteration: int, root=None, force: bool = False, cached_only: bool = False) -> Path:
+    """Run (or reuse) one iteration's training; returns its folder (checkpoint/, train_metrics.parquet).
+    `force` recomputes a done stage."""
+    params.check()
+    inputs = {"checkpoint": str(checkpoint), "reference": str(reference), "weights": Path(weights_dir).name,
+              "rollout": Path(rollout_dir).name}
+    key = stage_key(asdict(params), inputs, code_version("stages/train.py", "stages/train_data.sql"))
+    folder = stage_dir(run, "train", key, iteration, root)
+    if read_manifest(folder) is not None and not force:
+        log.info("train: done already (%s), skipped", folder)
+        return folder
+    require_done(folder, "train", cached_only)
+    data = load_train_data(Path(rollout_dir) / "turns.parquet", Path(weights_dir) / "weights.parquet")
+    policy, ref_model, optimizer, step = load_policy(Path(checkpoint), Path(reference), params)
+    torch.manual_seed(params.seed + step)
+    pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
+    metrics = []
+    for _ in range(params.epochs):
+        step += 1
+        m = train_step(policy, ref_model, data, params, optimizer, pad_id)
+        metrics.append({"step": step, "objective": params.objective, "lr": params.learning_rate, **m})
+        log.info("train step %d: loss %.4f ce %.4f kl %.5f apo_residual %.4f mean_weight %.3f grad_norm %.3f "
+                 "| %d seq, %d tokens, %.0f tok/s, peak %.0f MiB", step, m["loss"], m["ce"], m["kl"],
+                 m["apo_residual"], m["mean_weight"], m["grad_norm"], m["sequences"], m["tokens"],
+                 m["tokens_per_s"], m["peak_mem_mb"])
+    manifest = {"stage": "train", "run": run, "iteration": iteration, "key": key, "params": asdict(params),
+                "inputs": inputs, "summary": {"step": step, **metrics[-1]}}
+    with stage_output(folder, manifest) as tmp:
+        save_checkpoint(policy, optimizer, step, Path(checkpoint), Path(reference), params, tmp / "checkpoint")
+        write_table(pa.Table.from_pylist(metrics, schema=METRICS_SCHEMA), tmp / "train_metrics.parquet")
+    return folder
