@@ -2,6 +2,8 @@
 # and `make test` (set up, then run the test suite). Both create .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The config of `make run` (fields of apo.config.Config as JSON); sized so one iteration takes minutes on a CPU.
+RUN_CONFIG ?= {"max_episode_steps": 8}
 
 .PHONY: setup run test test-slow bench
 setup: $(VENV)/.installed
@@ -20,9 +22,10 @@ $(VENV)/.installed: pyproject.toml
 	else $(PY) -m pip install -q -e '.[cpu]' && $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; fi
 	touch $@
 
+# One A*-PO iteration through a local Prefect server and process worker (see scripts/prefect_iteration.sh).
 run: setup
-	$(VENV)/bin/apo baseline --policy rule --split test --num-goals 100
-	$(VENV)/bin/apo baseline --policy oracle --split test --num-goals 100
+	scripts/prefect_iteration.sh '$(RUN_CONFIG)'
+
 
 test: setup
 	$(PY) -m pytest
@@ -32,3 +35,5 @@ test-slow: setup
 
 bench: setup
 	$(PY) -m bench.env
+	$(PY) -m bench.rollout
+	$(PY) -m bench.train

@@ -68,7 +68,7 @@ def build_messages(instruction: str, observation: str, available: dict,
 def encode_prompt(tokenizer, instruction: str, observation: str, available: dict,
                   history: list[tuple[str, str]], config: PromptConfig) -> list[int] | None:
     """Token ids of the prompt (chat template, generation prompt appended), fitted to the token budget."""
-    history = history[len(history) - config.history_turns:] if config.history_turns else []
+    history = history[-config.history_turns:] if config.history_turns else []
     for start in range(len(history) + 1):  # drop the oldest turn until it fits
         messages = build_messages(instruction, observation, available, history[start:])
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,

@@ -131,6 +131,8 @@ def _rows(env: BatchEnv, live: list[_Live]) -> tuple[list[dict], list[dict]]:
 def episode_requests(goals: list[int], samples: int | list[int]) -> list[tuple[int, int]]:
     """(goal_idx, sample_idx) pairs: `samples` episodes of every goal, or samples[i] of goals[i]."""
     counts = samples if isinstance(samples, list) else [samples] * len(goals)
+    if len(counts) != len(goals):
+        raise ValueError(f"{len(counts)} sample counts for {len(goals)} goals")
     return [(g, s) for g, n in zip(goals, counts) for s in range(n)]
 
 
@@ -149,7 +151,7 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
     """
     key_params = {"stage": stage, **asdict(params)}
     key = stage_key({**key_params, "requests": requests}, {**inputs, "checkpoint": checkpoint},
-                    code_version("webshop", "policy", "stages/rollout.py"))
+                    code_version("webshop", "policy", "stages/rollout.py", "storage/tables.py"))
     folder = stage_dir(run, stage, key, iteration, root)
     if read_manifest(folder) is not None and not force:
         log.info("%s: done already (%s), skipped", stage, folder)

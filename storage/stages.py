@@ -68,9 +68,13 @@ def stage_output(folder: Path, manifest: dict):
     try:
         yield tmp
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        if folder.exists():  # a folder without a manifest is an unfinished leftover, never a result
-            shutil.rmtree(folder)
+        old = None
+        if folder.exists():  # a forced recompute, or a leftover without a manifest: moved aside, then removed
+            old = Path(tempfile.mkdtemp(prefix=f".old-{folder.name}-", dir=folder.parent))
+            os.replace(folder, old / folder.name)
         os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

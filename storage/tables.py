@@ -51,7 +51,7 @@ TURNS_SCHEMA = pa.schema([
 def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows (dicts with exactly the schema's columns) as a table; a missing or extra column is an error."""
     names = set(schema.names)
-    for row in rows[:1]:
-        if set(row) != names:
-            raise ValueError(f"row columns {sorted(set(row) ^ names)} do not match the schema")
+    for i, row in enumerate(rows):
+        if row.keys() != names:
+            raise ValueError(f"row {i}: columns {sorted(set(row) ^ names)} do not match the schema")
     return pa.Table.from_pylist(rows, schema=schema)

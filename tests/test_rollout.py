@@ -450,15 +450,13 @@ def test_to_table_rejects_a_wrong_column_set():
     assert to_table([], TURNS_SCHEMA).schema.equals(TURNS_SCHEMA)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: to_table checks only rows[:1]; a later row's missing column "
-                                       "becomes null and an extra column is dropped silently")
 def test_to_table_rejects_a_wrong_later_row():
     row = {name: None for name in EPISODES_SCHEMA.names}
     with pytest.raises(ValueError):
         to_table([row, {k: v for k, v in row.items() if k != "reward"}], EPISODES_SCHEMA)
 
 
-@pytest.mark.parametrize("history_turns", [1, 2, 4])  # 3: see the xfail test below
+@pytest.mark.parametrize("history_turns", [1, 2, 3, 4])
 def test_prompt_keeps_the_last_history_turns(history_turns, hf_engine, generated_shop):
     """history_turns = k keeps the last min(k, len(history)) turns, oldest dropped first."""
     history = [("PAGE-ONE", "search[first reply]"), ("PAGE-TWO", "click[second reply]")]
@@ -470,17 +468,6 @@ def test_prompt_keeps_the_last_history_turns(history_turns, hf_engine, generated
     for page, reply in history:
         present = (page, reply) in kept
         assert (f"Page: {page}" in text, reply in text) == (present, present), (page, history_turns)
-
-
-@pytest.mark.xfail(strict=True, reason="BUG policy/prompts.py:71: history[len(history) - history_turns:] wraps "
-                                       "around when history_turns > len(history) > 0 (k=3 with 2 turns keeps 1)")
-def test_prompt_keeps_all_history_when_it_is_shorter_than_history_turns(hf_engine, generated_shop):
-    history = [("PAGE-ONE", "search[first reply]"), ("PAGE-TWO", "click[second reply]")]
-    ep = Episode(generated_shop, 0)
-    ids = encode_prompt(hf_engine.tokenizer, ep.goal.instruction_text, ep.observation(), ep.available_actions(),
-                        history, RolloutParams(history_turns=3, max_prompt_tokens=4000).prompt())
-    text = hf_engine.tokenizer.decode(ids)
-    assert "Page: PAGE-ONE" in text and "Page: PAGE-TWO" in text
 
 
 def test_reference_samples_schedule():
@@ -497,6 +484,8 @@ def test_episode_requests():
     assert episode_requests([5, 7], 2) == [(5, 0), (5, 1), (7, 0), (7, 1)]
     assert episode_requests([5, 7], [1, 3]) == [(5, 0), (7, 0), (7, 1), (7, 2)]
     assert episode_requests([5], 0) == []
+    with pytest.raises(ValueError, match="2 goals"):
+        episode_requests([5, 7], [1])
 
 
 def test_rollout_params_prompt():

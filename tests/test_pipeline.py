@@ -1,0 +1,132 @@
+"""One A*-PO iteration end to end through Prefect (test harness: a temporary Prefect API and database) on the
+real small model and the generated catalogue; replays that re-run only what changed; the SQL catalogue."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from apo.config import Config
+from storage.catalog import query
+from storage.parquet import read_table
+from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA
+
+
+@pytest.fixture(scope="module")
+def prefect():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture(scope="module")
+def config(embedded_model, tmp_path_factory):
+    # The embedded model is already converted in the session's root; a run of its own in a fresh root
+    # resolves the same checkpoint folder by path.
+    return Config(model=str(embedded_model), engine="hf", run="t", output_dir=str(tmp_path_factory.mktemp("home")),
+                  num_steps=1, batch_size=1, rollout_samples=2, v_star_samples=2, max_episode_steps=2,
+                  eval_goals=2, max_new_tokens=16, history_turns=1, micro_batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def first(prefect, config):
+    from flows.apo import apo
+
+    return apo(config, 1)
+
+
+def _mtime(folder: str, name: str = "manifest.json") -> int:
+    return (Path(folder) / name).stat().st_mtime_ns
+
+
+def test_iteration_writes_every_table_and_a_loadable_checkpoint(first, config):
+    for stage in ("reference", "rollout", "eval"):
+        assert read_table(Path(first[stage]) / "episodes.parquet").schema.equals(EPISODES_SCHEMA)
+        assert read_table(Path(first[stage]) / "turns.parquet").schema.equals(TURNS_SCHEMA)
+    ref = read_table(Path(first["reference"]) / "episodes.parquet")
+    assert ref.num_rows == config.batch_size * config.v_star_samples
+    rollout = read_table(Path(first["rollout"]) / "episodes.parquet")
+    assert rollout.num_rows == config.batch_size * config.rollout_samples
+    weights = read_table(Path(first["weights"]) / "weights.parquet")
+    assert sorted(weights["episode_id"].to_pylist()) == sorted(rollout["episode_id"].to_pylist())
+    assert all(0.1 <= w <= 5.0 for w in weights["weight"].to_pylist())
+    for name in ("v_star.parquet", "diagnostics.parquet"):
+        assert (Path(first["weights"]) / name).is_file()
+    metrics = read_table(Path(first["train"]) / "train_metrics.parquet").to_pylist()
+    assert len(metrics) == 1 and metrics[0]["step"] == 1 and metrics[0]["tokens_per_s"] > 0
+    evaluation = read_table(Path(first["eval"]) / "eval.parquet").to_pylist()
+    assert evaluation[0]["n"] == config.eval_goals and evaluation[0]["iteration"] == 1
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from policy.engines import HFEngine, Sampling
+
+    checkpoint = Path(first["checkpoint"])
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    assert model.config.vocab_size == AutoTokenizer.from_pretrained(checkpoint).vocab_size or model is not None
+    engine = HFEngine(checkpoint)
+    [c] = engine.generate([engine.tokenizer.encode("search[")], Sampling(temperature=0, max_new_tokens=4))
+    assert c.token_ids and c.text == engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+
+
+def test_catalogue_views_show_the_run(first, config):
+    columns, rows = query("SELECT stage, count(*) FROM episodes GROUP BY stage ORDER BY stage", config.output_dir)
+    counts = dict(rows)
+    assert counts == {"eval": config.eval_goals, "reference": config.batch_size * config.v_star_samples,
+                      "rollout": config.batch_size * config.rollout_samples}
+    _, [(steps,)] = query("SELECT count(*) FROM train_metrics WHERE run = 't' AND iteration = 1", config.output_dir)
+    assert steps == 1
+    _, [(n_turns,)] = query("SELECT count(*) FROM turns", config.output_dir)
+    _, [(n_steps,)] = query("SELECT sum(n_steps) FROM episodes", config.output_dir)
+    assert n_turns == n_steps
+    with pytest.raises(ValueError, match="sql"):
+        query("SELECT nope FROM episodes", config.output_dir)
+
+
+def test_changed_training_parameter_reruns_only_training(first, config):
+    from flows.apo import apo
+
+    before = {s: _mtime(first[s]) for s in ("reference", "rollout", "weights")}
+    second = apo(replace(config, learning_rate=1e-5), 1)
+    assert {s: second[s] for s in before} == {s: first[s] for s in before}
+    assert {s: _mtime(second[s]) for s in before} == before        # not rewritten
+    assert second["train"] != first["train"]                          # a new train key beside the old one
+    assert Path(first["train"], "manifest.json").is_file()           # nothing overwritten
+
+
+def test_changed_beta_reruns_weights_and_training_only(first, config):
+    from flows.apo import apo
+
+    before = {s: _mtime(first[s]) for s in ("reference", "rollout")}
+    third = apo(replace(config, beta=0.25), 1)
+    assert {s: _mtime(third[s]) for s in before} == before
+    assert third["weights"] != first["weights"] and third["train"] != first["train"]
+    assert json.loads(Path(third["weights"], "manifest.json").read_text())["params"]["beta"] == 0.25
+
+
+def test_from_stage_train_recomputes_training_without_rollout(first, config):
+    from flows.apo import apo
+
+    rollout_files = {n: _mtime(first["rollout"], n) for n in ("episodes.parquet", "turns.parquet", "manifest.json")}
+    train_before = _mtime(first["train"])
+    replayed = apo(config, 1, "train")
+    assert replayed["rollout"] == first["rollout"] and replayed["train"] == first["train"]
+    assert {n: _mtime(first["rollout"], n) for n in rollout_files} == rollout_files
+    assert _mtime(first["train"]) > train_before                     # training ran again, in place
+
+
+def test_from_stage_needs_the_earlier_stages_cached(prefect, config):
+    from flows.apo import apo
+
+    other = replace(config, run="fresh")
+    with pytest.raises(ValueError, match="not cached"):
+        apo(other, 1, "train")
+
+
+def test_run_identity_cannot_change(first, config):
+    from flows.apo import apo
+
+    with pytest.raises(ValueError, match="was started with"):
+        apo(replace(config, batch_size=2), 2)
