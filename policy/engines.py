@@ -102,7 +102,9 @@ class HFEngine:
             gen = self.model.generate(
                 input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
                 do_sample=not greedy, max_new_tokens=sampling.max_new_tokens, pad_token_id=self.pad_id,
-                eos_token_id=sorted(self.stop_ids), stop_strings=[STOP], tokenizer=self.tokenizer,
+                # Tokens holding "]" end a row like end-of-turn does (cheaper than stop_strings, which
+                # rebuilds its tables on every call).
+                eos_token_id=sorted(self.stop_ids | self.stop_piece_ids),
                 output_logits=True, return_dict_in_generate=True, **kwargs)
         new = gen.sequences[:, width:].cpu()
         logprobs = torch.stack(gen.logits, dim=1).float().log_softmax(-1).cpu()

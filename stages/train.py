@@ -68,6 +68,11 @@ class TrainParams:
     """Max global gradient norm."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: far less memory for some speed (bench/train measures)."""
+    bf16_autocast: bool = True
+    """Run forwards under bf16 autocast (fp32 master weights). Off: fp32 throughout, so that updates smaller
+    than bf16's resolution (lr 5e-6) show in log pi - log pi_ref at once, at some speed cost."""
     seed: int = 0
     """Seeds torch before each step (models with dropout); the RNG state is saved for resumes."""
 
@@ -150,7 +155,7 @@ def _peak_mem_mb() -> float:
 def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: int) -> dict:
     """One optimizer step over all rows of `data` (gradient accumulation over micro-batches)."""
     device = next(policy.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=params.bf16_autocast)
     data = data.to_list()
     episodes = sorted({r["episode_id"] for r in data})
     n_episodes = len(episodes)
@@ -220,6 +225,8 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     policy = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).train()
+    if params.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
     # The reference runs exactly like the policy (fp32 weights, bf16 autocast), so KL is 0 at initialisation.
     ref_model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).to(device).eval()
     ref_model.requires_grad_(False)

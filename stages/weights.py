@@ -1,6 +1,7 @@
 """Weights: DuckDB SQL over the reference and rollout episode tables (the SQL is in the .sql files beside).
 
-    v_star.parquet       goal_idx, n_ref, ref_successes, ref_mean, ref_max, v_star   (weights_v_star.sql)
+    v_star.parquet       goal_idx, n_ref, ref_successes, ref_mean, ref_max, ref_max_reward, v_star
+                         (weights_v_star.sql; ref_* of r = reward - penalty, ref_max_reward of the reward)
     weights.parquet      episode_id, goal_idx, sample_idx, reward, r, v_star, advantage, adv_norm, weight
                          (weights.sql)
     diagnostics.parquet  check, goal_idx, value, advice: goals whose V* is 0 (no reference reward at all) and
@@ -67,8 +68,10 @@ def compute_weights(reference: list[Path], rollout: list[Path], params: WeightsP
 
 
 def _diagnostics(weights: pa.Table, v_star: pa.Table) -> pa.Table:
-    rows = [{"check": "v_star_zero", "goal_idx": g, "value": 0.0, "advice": V_STAR_ZERO_ADVICE}
-            for g, v in zip(v_star["goal_idx"].to_pylist(), v_star["v_star"].to_pylist()) if v == 0.0]
+    # Flagged on the environment reward, not on V*: a format penalty moves V* away from 0 either way.
+    rows = [{"check": "v_star_zero", "goal_idx": g, "value": v, "advice": V_STAR_ZERO_ADVICE}
+            for g, v, best in zip(v_star["goal_idx"].to_pylist(), v_star["v_star"].to_pylist(),
+                                  v_star["ref_max_reward"].to_pylist()) if best == 0.0]
     advantages = weights["advantage"].to_pylist()
     if advantages and max(advantages) < 0:
         rows.append({"check": "all_advantages_negative", "goal_idx": None, "value": max(advantages),

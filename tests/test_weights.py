@@ -71,7 +71,8 @@ def np_reference(reference: list[dict], rollout: list[dict], params: WeightsPara
         eps = [e for e in reference if e["goal_idx"] == g]
         r = np.array([e["reward"] - fp * e["format_errors"] for e in eps])
         v_star[g] = {"n_ref": len(eps), "ref_successes": sum(e["reward"] == 1.0 for e in eps),
-                     "ref_mean": float(r.mean()), "ref_max": float(r.max()), "v_star": np_v_star(r, params.beta)}
+                     "ref_mean": float(r.mean()), "ref_max": float(r.max()),
+                     "ref_max_reward": max(e["reward"] for e in eps), "v_star": np_v_star(r, params.beta)}
     r = np.array([e["reward"] - fp * e["format_errors"] for e in rollout])
     vs = np.array([v_star[e["goal_idx"]]["v_star"] for e in rollout])
     adv = r - vs
@@ -119,7 +120,7 @@ def test_v_star_and_weights_match_numpy(tmp_path, seed, beta, format_penalty, ad
     for g, want in want_v.items():
         got = got_v[g]
         assert (got["n_ref"], got["ref_successes"]) == (want["n_ref"], want["ref_successes"])
-        for col in ("ref_mean", "ref_max", "v_star"):
+        for col in ("ref_mean", "ref_max", "ref_max_reward", "v_star"):
             assert math.isfinite(got[col])
             assert got[col] == pytest.approx(want[col], rel=1e-9, abs=1e-9), (g, col)
 
@@ -267,6 +268,18 @@ def test_diagnostics_v_star_zero(tmp_path):
     rows = diagnostics.to_pylist()
     assert sorted((r["check"], r["goal_idx"]) for r in rows) == [("v_star_zero", 0), ("v_star_zero", 2)]
     assert all(r["value"] == 0.0 and r["advice"] for r in rows)
+
+
+def test_diagnostics_v_star_zero_looks_at_the_reward_not_the_penalised_v_star(tmp_path):
+    """With a format penalty, a goal that earned nothing has V* < 0 and is flagged; one that earned 0.1 with
+    one format error (V* = 0 exactly at penalty 0.1) is not."""
+    zero = episode_row("reference", 0, 0, 0.0)
+    small = episode_row("reference", 1, 0, 0.1)
+    reference = [{**zero, "format_errors": 1}, {**small, "format_errors": 1}]
+    rollout = [episode_row("rollout", g, 0, 0.0, iteration=1) for g in (0, 1)]
+    _, v_star, diagnostics = run_weights(tmp_path, reference, rollout, WeightsParams(format_penalty=0.1))
+    assert v_star["v_star"].to_pylist()[0] < 0 and v_star["v_star"].to_pylist()[1] == pytest.approx(0.0)
+    assert [(r["check"], r["goal_idx"]) for r in diagnostics.to_pylist()] == [("v_star_zero", 0)]
 
 
 def test_diagnostics_all_advantages_negative(tmp_path):
