@@ -398,9 +398,11 @@ def test_human_goals_on_the_small_set(catalogue):
         assert isinstance(g.goal_options, list) and g.attributes
         assert g.name == catalogue.product(g.asin).title
         check_price_cap(g, human.product_prices[g.asin])
-    # splits clamp to the goals there are
-    assert human.split("test") == range(0, 13)
-    assert len(human.split("eval")) == len(human.split("train")) == 0
+    # a set under 3,000 goals splits 20% / 10% / 70%, so it has training goals; explicit sizes clamp
+    assert (human.split("test"), human.split("eval"), human.split("train")) == (range(0, 2), range(2, 3),
+                                                                               range(3, 13))
+    assert human.split("test", test_size=500) == range(0, 13)
+    assert len(human.split("train", test_size=500, eval_size=1000)) == 0
 
 
 def test_bad_goal_kind(catalogue):
