@@ -42,7 +42,7 @@ Measurements, per engine
   - peak PSS / RSS MiB: every `--mem-interval` s the parent reads /proc/PID/smaps_rollup (psutil
     `memory_full_info`) of the worker and of all its descendants and keeps the largest sum. vLLM's tree is the
     worker (the `LLM` front end), its EngineCore process and that one's VllmWorker process, which holds the
-    weights and the KV cache (`VLLM_CPU_KVCACHE_SPACE`, 4 GiB by default here), plus small helpers. PSS splits
+    weights and the KV cache (`VLLM_CPU_KVCACHE_SPACE`, 2 GiB by default here), plus small helpers. PSS splits
     shared pages (mapped libraries, shared memory) between the processes that map them, so the PSS sum is the
     tree's real footprint; the RSS sum counts them once per process (an overestimate). A peak shorter than the
     interval can be missed. "RSS before engine" is the worker's RSS after building the shop, so what the engine
