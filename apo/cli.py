@@ -66,10 +66,13 @@ def train(args: argparse.Namespace) -> dict:
 
 def iteration(args: argparse.Namespace) -> dict:
     from apo.config import config_from_args
+    from stages.pipeline import resolve_iteration
+    config = config_from_args(args)
+    number = resolve_iteration(config, args.iteration, args.from_stage)  # bad input fails before Prefect starts
     configure_prefect(args.output_dir)
     from flows.apo import apo
 
-    record = apo(config_from_args(args), args.iteration, args.from_stage)
+    record = apo(config, number, args.from_stage)
     return {k: record[k] for k in ("iteration", "rollout", "weights", "train", "eval", "checkpoint")}
 
 

@@ -46,9 +46,7 @@ def apo(config: Config | None = None, iteration: int | None = None, from_stage: 
     config = config or Config()
     config.check()
     pipeline.check_run_config(config)
-    i = iteration or (pipeline.last_iteration(config) if from_stage else pipeline.last_iteration(config) + 1)
-    if i < 1:
-        raise ValueError(f"run {config.run!r} has no iteration to replay from_stage={from_stage}")
+    i = pipeline.resolve_iteration(config, iteration, from_stage)
     ref = reference(config, i, from_stage)
     ro = rollout(config, i, from_stage)
     w = weights(config, i, ref, ro, from_stage)

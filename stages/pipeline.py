@@ -70,6 +70,17 @@ def last_iteration(config: Config) -> int:
     return max(done, default=0)
 
 
+def resolve_iteration(config: Config, iteration: int | None, from_stage: str | None) -> int:
+    """The iteration to run: as given, else the next one, or the last done one when replaying."""
+    forced(from_stage)  # validates the stage name
+    if iteration is not None:
+        return iteration
+    last = last_iteration(config)
+    if from_stage and last == 0:
+        raise ValueError(f"run {config.run!r} has no iteration to replay from_stage={from_stage}")
+    return last if from_stage else last + 1
+
+
 def record_iteration(config: Config, iteration: int, folders: dict[str, str | None]) -> dict:
     record = {"iteration": iteration, **folders,
               "checkpoint": str(Path(folders["train"]) / "checkpoint"), "config": asdict(config)}

@@ -92,9 +92,13 @@ def load_train_data(turns: Path, weights: Path):
     import datasets
 
     con = duckdb.connect()
-    table = con.sql((Path(__file__).parent / "train_data.sql").read_text(),
-                    params={"turns": str(turns), "weights": str(weights)}).to_arrow_table()
-    con.close()
+    try:
+        table = con.sql((Path(__file__).parent / "train_data.sql").read_text(),
+                        params={"turns": str(turns), "weights": str(weights)}).to_arrow_table()
+    except duckdb.Error as e:  # a missing or corrupt table: one line naming both inputs
+        raise ValueError(f"training data from {turns} and {weights}: {str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
     if table.num_rows == 0:
         raise ValueError(f"{weights}: no weighted turns to train on")
     return datasets.Dataset(table)

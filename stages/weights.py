@@ -51,14 +51,19 @@ def compute_weights(reference: list[Path], rollout: list[Path], params: WeightsP
     """(weights, v_star, diagnostics) from the reference and rollout episodes.parquet files."""
     params.check()
     con = duckdb.connect()  # one connection for the stage: v_star is a temp table the second query joins
-    v_star = con.sql((SQL_DIR / "weights_v_star.sql").read_text(),
-                     params={"beta": params.beta, "format_penalty": params.format_penalty,
-                             "reference": [str(p) for p in reference]}).to_arrow_table()
-    con.register("v_star", v_star)
-    weights = con.sql((SQL_DIR / "weights.sql").read_text(),
-                      params={"adv_clip": params.adv_clip, "format_penalty": params.format_penalty,
-                              "rollout": [str(p) for p in rollout]}).to_arrow_table()
-    con.close()
+    try:
+        v_star = con.sql((SQL_DIR / "weights_v_star.sql").read_text(),
+                         params={"beta": params.beta, "format_penalty": params.format_penalty,
+                                 "reference": [str(p) for p in reference]}).to_arrow_table()
+        con.register("v_star", v_star)
+        weights = con.sql((SQL_DIR / "weights.sql").read_text(),
+                          params={"adv_clip": params.adv_clip, "format_penalty": params.format_penalty,
+                                  "rollout": [str(p) for p in rollout]}).to_arrow_table()
+    except duckdb.Error as e:  # a missing or corrupt episodes table: one line naming the inputs
+        raise ValueError(f"weights over {[str(p) for p in reference + rollout]}: "
+                         f"{str(e).splitlines()[0]}") from None
+    finally:
+        con.close()
     missing = sorted({g for g, v in zip(weights["goal_idx"].to_pylist(), weights["v_star"].to_pylist())
                       if v is None})
     if missing:

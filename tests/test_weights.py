@@ -340,8 +340,9 @@ def test_corrupt_episodes_publish_nothing(tmp_path, corrupt):
     ref = write_episodes(tmp_path / "reference", [episode_row("reference", 0, s, r) for s, r in enumerate([0, 1])])
     roll = write_episodes(tmp_path / "rollout", [episode_row("rollout", 0, 0, 1.0, iteration=1)])
     (tmp_path / corrupt / "episodes.parquet").write_bytes(b"PAR1 this is not a parquet file \x00\xff" * 10)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="episodes.parquet") as e:  # one line naming the inputs
         weights_stage(ref, roll, WeightsParams(), run=RUN, iteration=1, root=root)
+    assert "\n" not in str(e.value)
     assert not [p for p in root.rglob("manifest.json")]
     assert not list(root.rglob("*.parquet"))
     assert not leftovers(root)
