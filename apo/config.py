@@ -65,6 +65,10 @@ class Config:
     """beta2 of the apo objective."""
     micro_batch_size: int = 4
     """Sequences per forward/backward."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in backward (8 x 512 tokens: 4.6 GiB instead of 6.8 GiB, about 16% slower)."""
+    bf16_autocast: bool = True
+    """bf16 forwards over fp32 master weights; --no-bf16-autocast trains in fp32 (updates show at once)."""
     temperature: float = 0.9
     """Sampling temperature of reference and rollout episodes."""
     max_new_tokens: int = 48
@@ -103,7 +107,9 @@ class Config:
 
     def train_params(self) -> TrainParams:
         return TrainParams(objective=self.objective, learning_rate=self.learning_rate, kl_coef=self.kl_coef,
-                           beta2=self.beta2, micro_batch_size=self.micro_batch_size, seed=self.seed)
+                           beta2=self.beta2, micro_batch_size=self.micro_batch_size,
+                           gradient_checkpointing=self.gradient_checkpointing, bf16_autocast=self.bf16_autocast,
+                           seed=self.seed)
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -117,7 +123,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     docs = field_docs(Config)
     for f in fields(Config):
         flag, default = "--" + f.name.replace("_", "-"), f.default
-        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")  # argparse formats help
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif f.type in ("int | None", "str | None"):
