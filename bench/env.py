@@ -72,7 +72,7 @@ from webshop import reward as reward_mod  # noqa: E402
 from webshop.catalogue import (ATTR_FILES, PROCESSED_FILE, Catalogue, Product, _human,  # noqa: E402
                                load_dir)
 from webshop.env import BatchEnv, Episode, Shop  # noqa: E402
-from webshop.pages import page_nodes, render  # noqa: E402
+from webshop.pages import page_nodes  # noqa: E402
 from webshop.search import SEARCH_RETURN_N, SearchEngine  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "webshop"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from webshop.catalogue import Catalogue, DataError, Product, load_dir, load_processed, load_raw, parse_price
+from webshop.catalogue import Catalogue, DataError, Product, load_dir, load_processed, parse_price
 from webshop.goals import NO_PRICE_CAP, PRICE_RANGE, build_goals
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "webshop"
