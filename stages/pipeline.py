@@ -54,10 +54,15 @@ def check_run_config(config: Config) -> None:
                              ", ".join(f"{k}={a!r}" for k, (a, _) in diff.items()) + "; got " +
                              ", ".join(f"{k}={b!r}" for k, (_, b) in diff.items()) + ": use another --run")
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(identity, indent=2))
-        tmp.replace(path)
+        _write_json(path, identity)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    """Written aside, then renamed: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
 
 
 def iteration_record(config: Config, iteration: int) -> dict | None:
@@ -84,10 +89,7 @@ def resolve_iteration(config: Config, iteration: int | None, from_stage: str | N
 def record_iteration(config: Config, iteration: int, folders: dict[str, str | None]) -> dict:
     record = {"iteration": iteration, **folders,
               "checkpoint": str(Path(folders["train"]) / "checkpoint"), "config": asdict(config)}
-    path = run_dir(config) / f"iter={iteration:04d}" / "iteration.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(path)
+    _write_json(run_dir(config) / f"iter={iteration:04d}" / "iteration.json", record)
     _prune_checkpoints(config, iteration)
     return record
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from policy.engines import Sampling
 from policy.prompts import PromptConfig, encode_prompt, parse_action
 from storage.parquet import write_table
-from storage.stages import code_version, read_manifest, require_done, stage_dir, stage_key, stage_output
+from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
 from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA, to_table
 from webshop.env import BatchEnv, Shop
 
@@ -67,10 +67,11 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
     bar = tqdm(total=len(requests), desc="episodes", unit="ep", disable=not progress, leave=False)
     turn = 0
     while env.live():
-        positions, prompts = [], []
+        positions, prompts, observations = [], [], {}
         for i in env.live():
             ep = env.episodes[i]
-            ids = encode_prompt(engine.tokenizer, ep.goal.instruction_text, ep.observation(),
+            observations[i] = ep.observation()
+            ids = encode_prompt(engine.tokenizer, ep.goal.instruction_text, observations[i],
                                 ep.available_actions(), live[i].history, params.prompt())
             if ids is None:  # even the current turn alone does not fit: end it, keep what it did
                 ep.done, live[i].end_reason = True, "context"
@@ -95,7 +96,7 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
             ep = env.episodes[i]
             action = parse_action(c.text) or ""
             actions[i] = action
-            live[i].turns.append({"turn": turn, "page": ep.state.kind, "observation": ep.observation(),
+            live[i].turns.append({"turn": turn, "page": ep.state.kind, "observation": observations[i],
                                   "prompt_ids": ids, "completion_ids": c.token_ids,
                                   "completion_logprobs": c.logprobs, "completion_text": c.text,
                                   "action": action})
@@ -153,10 +154,8 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
     key = stage_key({**key_params, "requests": requests}, {**inputs, "checkpoint": checkpoint},
                     code_version("webshop", "policy", "stages/rollout.py", "storage/tables.py"))
     folder = stage_dir(run, stage, key, iteration, root)
-    if read_manifest(folder) is not None and not force:
-        log.info("%s: done already (%s), skipped", stage, folder)
+    if reuse_done(folder, stage, force, cached_only):
         return folder
-    require_done(folder, stage, cached_only)
     engine = engine_factory(checkpoint)
     start = time.perf_counter()
     episodes, turns = run_episodes(engine, shop, requests, params, progress)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from storage.parquet import write_table
-from storage.stages import code_version, read_manifest, require_done, stage_dir, stage_key, stage_output
+from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("weighted-sft", "apo")
@@ -278,10 +278,8 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
               "rollout": Path(rollout_dir).name}
     key = stage_key(asdict(params), inputs, code_version("stages/train.py", "stages/train_data.sql"))
     folder = stage_dir(run, "train", key, iteration, root)
-    if read_manifest(folder) is not None and not force:
-        log.info("train: done already (%s), skipped", folder)
+    if reuse_done(folder, "train", force, cached_only):
         return folder
-    require_done(folder, "train", cached_only)
     data = load_train_data(Path(rollout_dir) / "turns.parquet", Path(weights_dir) / "weights.parquet")
     policy, ref_model, optimizer, step = load_policy(Path(checkpoint), Path(reference), params)
     torch.manual_seed(params.seed + step)

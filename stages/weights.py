@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from storage.parquet import write_table
-from storage.stages import code_version, read_manifest, require_done, stage_dir, stage_key, stage_output
+from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
 
 log = logging.getLogger(__name__)
 SQL_DIR = Path(__file__).parent
@@ -92,10 +92,8 @@ def weights_stage(reference_dir: Path, rollout_dir: Path, params: WeightsParams,
     key = stage_key(asdict(params), inputs, code_version("stages/weights.py", "stages/weights.sql",
                                                          "stages/weights_v_star.sql"))
     folder = stage_dir(run, "weights", key, iteration, root)
-    if read_manifest(folder) is not None and not force:
-        log.info("weights: done already (%s), skipped", folder)
+    if reuse_done(folder, "weights", force, cached_only):
         return folder
-    require_done(folder, "weights", cached_only)
     weights, v_star, diagnostics = compute_weights([Path(reference_dir) / "episodes.parquet"],
                                                    [Path(rollout_dir) / "episodes.parquet"], params)
     for row in diagnostics.to_pylist():

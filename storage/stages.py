@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from storage.layout import storage_root
 
+log = logging.getLogger("stages")  # stage progress is reported under the stages logger (INFO)
 MANIFEST = "manifest.json"
 _PROJECT = Path(__file__).resolve().parent.parent
 
@@ -51,11 +53,17 @@ def read_manifest(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def require_done(folder: Path, stage: str, cached_only: bool) -> None:
-    """With `cached_only`, a stage that is not done is an error instead of being computed."""
-    if cached_only and read_manifest(folder) is None:
+def reuse_done(folder: Path, stage: str, force: bool, cached_only: bool) -> bool:
+    """Whether the stage's output in `folder` is reused as it is (done and not forced). A stage that is not
+    done is an error with `cached_only` (a replay must not compute it); otherwise the caller computes it."""
+    done = read_manifest(folder) is not None
+    if done and not force:
+        log.info("%s: done already (%s), skipped", stage, folder)
+        return True
+    if cached_only and not done:
         raise ValueError(f"the {stage} stage is not cached ({folder}): run the iteration without from_stage "
                          "first, or replay from an earlier stage")
+    return False
 
 
 @contextmanager
