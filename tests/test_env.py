@@ -126,6 +126,16 @@ def test_search_without_hits(shop):
     assert clickables(ep) == ["back to search", "next >"]
 
 
+def test_search_with_a_word_that_stems_to_nothing(shop):
+    """Porter stems a lone "s" to ""; found by a sampled reply in `make run` ("... s ..."), which crashed bm25s."""
+    assert shop.search_engine.tokenize("s")[0] == ""
+    assert shop.search("s") == []
+    words = shop.goal(0).instruction_text.split()[:3]
+    assert shop.search(" ".join(words + ["s"])) == shop.search(" ".join(words))
+    ep = Episode(shop, 0)
+    assert ep.step("search[men s shoes]").info["valid"]
+
+
 def test_prev_on_results_goes_back_one_page(shop):
     ep = Episode(shop, 0)
     search(ep)

@@ -47,7 +47,9 @@ class SearchEngine:
         self._bm25 = bm25s.BM25(k1=K1, b=B, method="lucene")
         corpus = [self.tokenize(d) for d in documents]
         self._bm25.index(corpus, show_progress=False)
-        self._vocab: dict[str, int] = self._bm25.vocab_dict
+        # Porter stems a lone "s" (as in "men s shoes") to "": bm25s lists "" in its vocabulary but not in its
+        # index, and a query holding it fails. An empty stem matches nothing, so it is left out of the lookup.
+        self._vocab: dict[str, int] = {t: i for t, i in self._bm25.vocab_dict.items() if t}
 
     def tokenize(self, text: str) -> list[str]:
         words = [w for w in _WORD.findall(_POSSESSIVE.sub("", text.lower())) if w not in self._stop]
