@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The config of `make run` (fields of apo.config.Config as JSON); sized so one iteration takes minutes on a CPU.
 RUN_CONFIG ?= {"max_episode_steps": 8}
 
-.PHONY: setup run test test-slow bench
+.PHONY: setup run test test-slow bench bench-learning
 setup: $(VENV)/.installed
 
 # torch first and pinned: pip then takes the CPU wheel; anything that asks for "torch" later finds it installed.
@@ -37,3 +37,7 @@ bench: setup
 	$(PY) -m bench.env
 	$(PY) -m bench.rollout
 	$(PY) -m bench.train
+
+# The learning curve on the real WebShop data (about an hour on 2 cores; cached stages make a re-run resume).
+bench-learning: setup
+	$(PY) -m bench.learning --data ../shared/webshop

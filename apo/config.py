@@ -34,7 +34,7 @@ class Config:
     goal_kind: str = "synthetic"
     """Goals: synthetic (upstream's 6,910 on the full set) or human instructions."""
     num_steps: int = 200
-    """Iterations (rollout -> weights -> train) of `apo train`."""
+    """Iterations (rollout -> weights -> train) of `apo train`; 0 runs only iteration 0 (warm start, evaluation)."""
     batch_size: int = 2
     """Training goals per iteration."""
     rollout_samples: int = 2
@@ -43,6 +43,17 @@ class Config:
     """Reference episodes per goal for V* (A*-PO stage 1)."""
     adaptive_v_star: bool = False
     """Use the seed's 8 -> 4 -> 2 schedule of reference samples over the run's thirds."""
+    sft_demos: int = 0
+    """Warm start: fine-tune on this many oracle demonstrations (training goals) before iteration 1; the result
+    is the reference model and the first policy. 0: no warm start."""
+    sft_epochs: int = 2
+    """Passes over the demonstrations."""
+    sft_learning_rate: float = 1e-4
+    """AdamW learning rate of the warm start."""
+    sft_batch_episodes: int = 4
+    """Demonstration episodes per optimizer step of the warm start."""
+    reference_run: str | None = None
+    """Share the warm start, reference samples and iteration-0 evaluation of this run (same model and goals)."""
     eval_frequency: int = 20
     """Evaluate every N iterations (and after the last)."""
     eval_goals: int = 50
@@ -89,14 +100,21 @@ class Config:
             raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if self.goal_kind not in ("synthetic", "human"):
             raise ValueError(f"goal-kind {self.goal_kind!r} is not synthetic or human")
-        for name in ("num_steps", "batch_size", "rollout_samples", "v_star_samples", "eval_frequency",
+        if self.num_steps < 0:
+            raise ValueError(f"--num-steps must be >= 0 (0: only iteration 0), got {self.num_steps}")
+        for name in ("batch_size", "rollout_samples", "v_star_samples", "eval_frequency",
                      "eval_goals", "save_frequency", "max_new_tokens", "max_episode_steps", "max_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.sft_demos < 0:
+            raise ValueError(f"--sft-demos must be >= 0, got {self.sft_demos}")
+        if self.sft_batch_episodes < 1:
+            raise ValueError(f"--sft-batch-episodes must be >= 1, got {self.sft_batch_episodes}")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
         self.weights_params().check()
         self.train_params().check()
+        self.sft_params().check()
 
     def rollout_params(self) -> RolloutParams:
         return RolloutParams(self.temperature, 1.0, self.max_new_tokens, self.max_episode_steps,
@@ -110,6 +128,13 @@ class Config:
                            beta2=self.beta2, micro_batch_size=self.micro_batch_size,
                            gradient_checkpointing=self.gradient_checkpointing, bf16_autocast=self.bf16_autocast,
                            seed=self.seed)
+
+    def sft_params(self) -> TrainParams:
+        """The warm start: weighted SFT with weight 1 and no KL, minibatches of demonstration episodes."""
+        return TrainParams(objective="weighted-sft", learning_rate=self.sft_learning_rate, kl_coef=0.0,
+                           epochs=self.sft_epochs, batch_episodes=self.sft_batch_episodes,
+                           micro_batch_size=self.micro_batch_size, gradient_checkpointing=self.gradient_checkpointing,
+                           bf16_autocast=self.bf16_autocast, seed=self.seed)
 
 
 def field_docs(cls) -> dict[str, str]:

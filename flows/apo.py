@@ -1,17 +1,27 @@
 """Prefect flows: wiring only. Every task body is one call into `stages.pipeline` (plain, tested functions).
 
-    apo         one iteration: reference + rollout -> weights -> train -> eval (deployment `apo/iteration`)
-    apo-train   `num_steps` iterations of `apo` as subflows (what `apo train` runs, in ephemeral mode)
+    apo         one iteration: [sft] -> reference + rollout -> weights -> train -> eval (deployment
+                `apo/iteration`); sft runs once per run (cached after), only with `sft_demos`
+    apo-train   iteration 0 (the reference model's evaluation), then `num_steps` iterations of `apo` as
+                subflows (what `apo train` runs, in ephemeral mode)
 
 Prefect's result cache is off on purpose: the stages key their outputs by parameters, inputs and code, which
 Prefect's cache cannot see (changed files, edited helpers).
 """
 from __future__ import annotations
 
+import base64
+
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from apo.config import Config
 from stages import pipeline
+
+
+@task(name="sft", cache_policy=None)
+def sft(config: Config, from_stage: str | None) -> str | None:
+    return pipeline.run_sft(config, from_stage)
 
 
 @task(name="reference", cache_policy=None)
@@ -35,7 +45,7 @@ def train(config: Config, iteration: int, weights_dir: str, rollout_dir: str, fr
 
 
 @task(name="eval", cache_policy=None)
-def evaluate(config: Config, iteration: int, train_dir: str, from_stage: str | None) -> str:
+def evaluate(config: Config, iteration: int, train_dir: str | None, from_stage: str | None) -> str:
     return pipeline.run_eval(config, iteration, train_dir, from_stage)
 
 
@@ -47,14 +57,39 @@ def apo(config: Config | None = None, iteration: int | None = None, from_stage: 
     config.check()
     pipeline.check_run_config(config)
     i = pipeline.resolve_iteration(config, iteration, from_stage)
+    warm = sft(config, from_stage)
     ref = reference(config, i, from_stage)
     ro = rollout(config, i, from_stage)
     w = weights(config, i, ref, ro, from_stage)
     tr = train(config, i, w, ro, from_stage)
     ev = evaluate(config, i, tr, from_stage) if pipeline.eval_due(config, i) else None
-    record = pipeline.record_iteration(config, i, {"reference": ref, "rollout": ro, "weights": w, "train": tr,
-                                                   "eval": ev})
+    record = pipeline.record_iteration(config, i, {"sft": warm, "reference": ref, "rollout": ro, "weights": w,
+                                                   "train": tr, "eval": ev})
+    publish(config, record)
     get_run_logger().info("iteration %d done: checkpoint %s", i, record["checkpoint"])
+    return record
+
+
+def publish(config: Config, record: dict) -> None:
+    """The iteration's artifacts: the run's metrics table, three sample episodes, the learning curve."""
+    key = pipeline.artifact_key(config)
+    create_table_artifact(key=f"{key}-metrics", table=pipeline.run_metrics(config),
+                          description=f"run {config.run}: one row per iteration")
+    create_markdown_artifact(key=f"{key}-episodes", markdown=pipeline.sample_episodes(record),
+                             description=f"run {config.run}, iteration {record['iteration']}: sample episodes")
+    if record.get("eval"):
+        png = pipeline.learning_curve(config).read_bytes()
+        create_markdown_artifact(key=f"{key}-curve", description=f"run {config.run}: learning curve",
+                                 markdown=f"![learning curve](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+@flow(name="apo-start")
+def start(config: Config) -> dict:
+    """Iteration 0: the warm start (if any) and the reference model's evaluation, where the curve starts."""
+    warm = sft(config, None)
+    ev = evaluate(config, 0, None, None)
+    record = pipeline.record_iteration(config, 0, {"sft": warm, "eval": ev})
+    publish(config, record)
     return record
 
 
@@ -65,6 +100,8 @@ def apo_train(config: Config | None = None) -> list[dict]:
     config = config or Config()
     config.check()
     pipeline.check_run_config(config)
+    if pipeline.iteration_record(config, 0) is None:
+        start(config)
     records = []
     for i in range(pipeline.last_iteration(config) + 1, config.num_steps + 1):
         records.append(apo(config, i))

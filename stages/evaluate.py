@@ -2,42 +2,23 @@
 
     eval.parquet   iteration, split, n, score, score_ci, success_rate, success_ci, checkpoint
 
-score = 100 x mean reward with a 95% normal-approximation half-width (1.96 x sample std / sqrt n);
-success_rate = share of episodes with reward 1, with a 95% Wilson score interval (reported as its half-width
-around the Wilson centre, so it stays inside [0, 1] at 0% or 100%): the numbers WebShop papers report.
+score (100 x mean reward) and success_rate (reward == 1): the numbers WebShop papers report, with the 95%
+intervals of webshop/metrics.py (normal for the score, Wilson for the success rate), as the baselines have.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import pyarrow as pa
 
 from stages.rollout import RolloutParams, episode_requests, rollout_stage
+from webshop.metrics import score_ci, wilson
 
-Z95 = 1.959964
 EVAL_SCHEMA = pa.schema([
     ("iteration", pa.int32()), ("split", pa.string()), ("n", pa.int32()), ("score", pa.float64()),
     ("score_ci", pa.float64()), ("success_rate", pa.float64()), ("success_ci", pa.float64()),
     ("success_centre", pa.float64()), ("checkpoint", pa.string()),
 ])
-
-
-def score_ci(rewards: list[float]) -> tuple[float, float]:
-    """(100 x mean, 95% half-width) of rewards in [0, 1]."""
-    n = len(rewards)
-    mean = sum(rewards) / n
-    var = sum((r - mean) ** 2 for r in rewards) / (n - 1) if n > 1 else 0.0
-    return 100 * mean, 100 * Z95 * math.sqrt(var / n)
-
-
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    """(centre, half-width) of the 95% Wilson score interval of a proportion."""
-    p = successes / n
-    denom = 1 + Z95 ** 2 / n
-    centre = (p + Z95 ** 2 / (2 * n)) / denom
-    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / denom
-    return centre, half
 
 
 def summarize(episode_rows: list[dict], iteration: int, split: str, checkpoint: str) -> pa.Table:

@@ -1,11 +1,18 @@
 """One A*-PO iteration as plain functions, one per DAG node; `flows/apo.py` wires them as Prefect tasks.
 
-    reference(i) ─┐
-    rollout(i) ───┴─> weights(i) ──> train(i) ──> eval(i) (every eval_frequency and at the last step)
+    sft (optional, once) ──> reference(i) ─┐
+                             rollout(i) ───┴─> weights(i) ──> train(i) ──> eval(i) (every eval_frequency
+                                                                                    and at the last step)
 
-Iteration i trains on goals batch i of the run's shuffled training split; its policy is the checkpoint of
-iteration i-1's train stage (the base model for i = 1). After the iteration, `runs/<run>/iter=<i>/iteration.json`
-records the folders it used, which is how iteration i+1 (or a replay of i) finds them.
+The reference model (pi_ref) is the base model, or with `sft_demos` the base model fine-tuned on that many
+oracle demonstrations (`stages/sft.py`, run once and cached). Iteration i trains on goals batch i of the run's
+shuffled training split; its policy is the checkpoint of iteration i-1's train stage (the reference model for
+i = 1). Iteration 0 is the reference model's own evaluation, the start of the learning curve. After each
+iteration, `runs/<run>/iter=<i>/iteration.json` records the folders it used, which is how iteration i+1 (or a
+replay of i) finds them.
+
+`reference_run` shares the warm start, the reference samples and iteration 0's evaluation with another run of
+the same model and goals: two objectives compared on the same cached reference.
 
 Replay: every stage is keyed by its parameters, inputs and code, so a changed training parameter re-runs only
 train (and eval), a changed beta re-runs weights and train. `from_stage` forces a stage and the ones after it to
@@ -16,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import shutil
 from dataclasses import asdict
 from functools import lru_cache
@@ -25,13 +33,15 @@ from apo.config import Config
 from policy.engines import make_engine
 from policy.models import resolve_model
 from stages.evaluate import eval_stage
+from stages.report import eval_row, iteration_metrics, plot_curves, sample_episodes_markdown
 from stages.rollout import episode_requests, reference_samples, rollout_stage
+from stages.sft import demos_stage, sft_stage
 from stages.train import train_stage
 from stages.weights import weights_stage
 from storage.layout import storage_root
 
 log = logging.getLogger(__name__)
-STAGES = ("reference", "rollout", "weights", "train", "eval")
+STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")
 # Fields a run is defined by: changing one of them mid-run would mix incomparable iterations.
 RUN_IDENTITY = ("model", "data", "num_products", "goal_kind", "seed", "batch_size")
 
@@ -55,6 +65,16 @@ def check_run_config(config: Config) -> None:
                              ", ".join(f"{k}={b!r}" for k, (_, b) in diff.items()) + ": use another --run")
     else:
         _write_json(path, identity)
+    if config.reference_run and config.reference_run != config.run:
+        other = storage_root(config.output_dir) / "runs" / config.reference_run / "config.json"
+        if not other.is_file():
+            raise ValueError(f"reference run {config.reference_run!r} has not started: run it first")
+        stored = json.loads(other.read_text())
+        diff = [k for k, v in identity.items() if stored.get(k) != v]
+        if diff:
+            raise ValueError(f"reference run {config.reference_run!r} differs in " +
+                             ", ".join(f"{k} ({stored.get(k)!r} vs {identity[k]!r})" for k in diff) +
+                             ": its reference samples do not fit this run")
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -87,8 +107,9 @@ def resolve_iteration(config: Config, iteration: int | None, from_stage: str | N
 
 
 def record_iteration(config: Config, iteration: int, folders: dict[str, str | None]) -> dict:
-    record = {"iteration": iteration, **folders,
-              "checkpoint": str(Path(folders["train"]) / "checkpoint"), "config": asdict(config)}
+    """Iteration i's record; iteration 0 (the reference model's evaluation) has no train folder."""
+    checkpoint = Path(folders["train"]) / "checkpoint" if folders.get("train") else reference_model(config)
+    record = {"iteration": iteration, **folders, "checkpoint": str(checkpoint), "config": asdict(config)}
     _write_json(run_dir(config) / f"iter={iteration:04d}" / "iteration.json", record)
     _prune_checkpoints(config, iteration)
     return record
@@ -126,24 +147,47 @@ def shop(config: Config):
     return _shop(config.data, config.num_products, config.goal_kind, config.seed, config.output_dir)
 
 
-def goal_batch(config: Config, iteration: int) -> list[int]:
-    """Goals of iteration i: consecutive slices of the training split shuffled once by the run's seed."""
+def training_goals(config: Config) -> list[int]:
+    """The training split, shuffled once by the run's seed."""
     train = list(shop(config).goals.split("train"))
     if not train:
         raise ValueError(f"catalogue has no training goals ({len(shop(config).goals)} goals); use more products")
     random.Random(config.seed).shuffle(train)
+    return train
+
+
+def goal_batch(config: Config, iteration: int) -> list[int]:
+    """Goals of iteration i: consecutive slices of the shuffled training split, from its start."""
+    train = training_goals(config)
     start = (iteration - 1) * config.batch_size
     return [train[(start + j) % len(train)] for j in range(config.batch_size)]
+
+
+def demo_goals(config: Config) -> list[int]:
+    """Goals of the oracle demonstrations: taken from the end of the shuffled split, away from the batches."""
+    train = training_goals(config)
+    return train[-min(config.sft_demos, len(train)):]
 
 
 def base_model(config: Config) -> Path:
     return resolve_model(config.model, config.output_dir)
 
 
+def shared_run(config: Config) -> str:
+    """The run that holds the warm start, the reference samples and iteration 0's evaluation."""
+    return config.reference_run or config.run
+
+
+def reference_model(config: Config) -> Path:
+    """pi_ref: the warm-started checkpoint with sft_demos (its stage is cached after the sft node), else the
+    base model."""
+    return Path(run_sft(config)) / "checkpoint" if config.sft_demos else base_model(config)
+
+
 def policy_checkpoint(config: Config, iteration: int) -> Path:
     """The checkpoint iteration i acts with and trains from."""
     if iteration == 1:
-        return base_model(config)
+        return reference_model(config)
     record = iteration_record(config, iteration - 1)
     if record is None:
         raise ValueError(f"run {config.run!r}: iteration {iteration - 1} is not done; run it first")
@@ -191,12 +235,26 @@ def forced(from_stage: str | None) -> set[str]:
     return set(STAGES[STAGES.index(from_stage):])
 
 
+def run_sft(config: Config, from_stage: str | None = None) -> str | None:
+    """The warm start's folder (demonstrations, then supervised training), or None without sft_demos."""
+    if not config.sft_demos:
+        return None
+    base, run, root = base_model(config), shared_run(config), config.output_dir
+    demos = _stage("sft", from_stage, lambda force, cached_only: demos_stage(
+        shop(config), demo_goals(config), config.rollout_params(), base, run=run, inputs=_inputs(config),
+        root=root, force=force, cached_only=cached_only))
+    release_engine()
+    return str(_stage("sft", from_stage, lambda force, cached_only: sft_stage(
+        base, demos, config.sft_params(), run=run, root=root, force=force, cached_only=cached_only)))
+
+
 def run_reference(config: Config, iteration: int, from_stage: str | None = None) -> str:
     goals = goal_batch(config, iteration)
     k = reference_samples(config.v_star_samples, config.adaptive_v_star, iteration - 1, config.num_steps)
     return str(_stage("reference", from_stage, lambda force, cached_only: rollout_stage(
-        engine_for(config), shop(config), episode_requests(goals, k), config.rollout_params(), run=config.run,
-        stage="reference", iteration=None, checkpoint=str(base_model(config)), inputs=_inputs(config),
+        engine_for(config), shop(config), episode_requests(goals, k), config.rollout_params(),
+        run=shared_run(config), stage="reference", iteration=None, checkpoint=str(reference_model(config)),
+        inputs=_inputs(config),
         root=config.output_dir, force=force, cached_only=cached_only)))
 
 
@@ -219,7 +277,7 @@ def run_weights(config: Config, iteration: int, reference: str, rollout: str,
 def run_train(config: Config, iteration: int, weights: str, rollout: str, from_stage: str | None = None) -> str:
     release_engine()  # training needs the memory the engine's KV cache holds
     return str(_stage("train", from_stage, lambda force, cached_only: train_stage(
-        policy_checkpoint(config, iteration), base_model(config), Path(weights), Path(rollout),
+        policy_checkpoint(config, iteration), reference_model(config), Path(weights), Path(rollout),
         config.train_params(), run=config.run, iteration=iteration, root=config.output_dir, force=force,
         cached_only=cached_only)))
 
@@ -228,15 +286,47 @@ def eval_due(config: Config, iteration: int) -> bool:
     return iteration % config.eval_frequency == 0 or iteration == config.num_steps
 
 
-def run_eval(config: Config, iteration: int, train: str, from_stage: str | None = None) -> str:
+def run_eval(config: Config, iteration: int, train: str | None, from_stage: str | None = None) -> str:
+    """Greedy evaluation of iteration i's checkpoint; iteration 0 (train None) evaluates the reference model,
+    in the shared run (one evaluation serves every run that shares the reference)."""
     goals = list(shop(config).goals.split("test"))[:config.eval_goals]
+    checkpoint = Path(train) / "checkpoint" if train else reference_model(config)
     return str(_stage("eval", from_stage, lambda force, cached_only: eval_stage(
-        engine_for(config), shop(config), goals, config.rollout_params(), run=config.run, iteration=iteration,
-        checkpoint=str(Path(train) / "checkpoint"), inputs=_inputs(config), root=config.output_dir,
-        force=force, cached_only=cached_only)))
+        engine_for(config), shop(config), goals, config.rollout_params(),
+        run=config.run if train else shared_run(config), iteration=iteration, checkpoint=str(checkpoint),
+        inputs=_inputs(config), root=config.output_dir, force=force, cached_only=cached_only)))
 
 
 def _stage(name: str, from_stage: str | None, call) -> Path:
     """Stages from `from_stage` on are recomputed; with a from_stage, the ones before it must be cached."""
     force = name in forced(from_stage)
     return call(force, from_stage is not None and not force)
+
+
+# --- what the flow publishes as artifacts ------------------------------------------------------------------
+
+def artifact_key(config: Config) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes."""
+    return "apo-" + re.sub(r"[^a-z0-9-]+", "-", config.run.lower()).strip("-")
+
+
+def run_records(config: Config) -> list[dict]:
+    return [r for i in range(last_iteration(config) + 1) if (r := iteration_record(config, i))]
+
+
+def run_metrics(config: Config) -> list[dict]:
+    return [iteration_metrics(r) for r in run_records(config)]
+
+
+def sample_episodes(record: dict) -> str:
+    """Three episodes of the iteration: its rollout, or for iteration 0 its evaluation."""
+    folder = record.get("rollout") or record.get("eval")
+    return sample_episodes_markdown(folder) if folder else "no episodes"
+
+
+def learning_curve(config: Config) -> Path:
+    """The run's evaluations so far as runs/<run>/learning_curve.png."""
+    rows = [{**row, "iteration": r["iteration"]} for r in run_records(config) if (row := eval_row(r.get("eval")))]
+    n = rows[0]["n"] if rows else 0
+    return plot_curves({config.run: rows}, run_dir(config) / "learning_curve.png",
+                       title=f"run {config.run}: greedy on {n} held-out test goals")

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm import tqdm
 
-from policy.engines import Sampling
+from policy.engines import Completion, Sampling
 from policy.prompts import PromptConfig, encode_prompt, parse_action
 from storage.parquet import write_table
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
@@ -58,12 +58,17 @@ class _Live:
 
 
 def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams,
-                 progress: bool = False) -> tuple[list[dict], list[dict]]:
+                 progress: bool = False, demonstrator=None) -> tuple[list[dict], list[dict]]:
     """Play one episode per (goal_idx, sample_idx) request. Returns (episode rows, turn rows) without the
-    run/stage columns; `episode_id` is filled in by the caller (it holds those)."""
+    run/stage columns; `episode_id` is filled in by the caller (it holds those).
+
+    With a `demonstrator` (a `webshop.policies` policy) the scripted policy acts instead of the model and its
+    actions are recorded as the model's replies (`demonstration`); `engine` then only lends its tokenizer.
+    That is how oracle demonstrations become training rows with exactly the prompts a rollout would build."""
     env = BatchEnv(shop, "text", params.max_episode_steps)
     env.reset([g for g, _ in requests])
     live = [_Live(g, s) for g, s in requests]
+    memories = [dict() for _ in requests]
     bar = tqdm(total=len(requests), desc="episodes", unit="ep", disable=not progress, leave=False)
     turn = 0
     while env.live():
@@ -83,7 +88,9 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
             break
         sampling = Sampling(params.temperature, params.top_p, params.max_new_tokens, params.seed * 1000 + turn)
         try:
-            completions = engine.generate(prompts, sampling)
+            completions = (engine.generate(prompts, sampling) if demonstrator is None else
+                           [demonstration(engine.tokenizer, demonstrator(env.episodes[i], memories[i]))
+                            for i in positions])
         except Exception as e:  # e.g. out of KV cache: finished episodes are kept, the live ones end here
             log.warning("engine %s failed on turn %d (%s: %s); %d live episodes end with engine_error",
                         engine.name, turn, type(e).__name__, str(e).splitlines()[0] if str(e) else "", len(positions))
@@ -110,6 +117,12 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
         turn += 1
     bar.close()
     return _rows(env, live)
+
+
+def demonstration(tokenizer, action: str) -> Completion:
+    """A scripted action as a model reply: its tokens, each with probability 1 under the demonstrator."""
+    ids = tokenizer.encode(action, add_special_tokens=False)
+    return Completion(ids, [0.0] * len(ids), action, "stop")
 
 
 def _rows(env: BatchEnv, live: list[_Live]) -> tuple[list[dict], list[dict]]:
@@ -140,7 +153,7 @@ def episode_requests(goals: list[int], samples: int | list[int]) -> list[tuple[i
 def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams, *, run: str,
                   stage: str, iteration: int | None, checkpoint: str, inputs: dict[str, str],
                   root=None, progress: bool = True, force: bool = False, cached_only: bool = False,
-                  extra_tables=None):
+                  extra_tables=None, demonstrator=None):
     """Run (or reuse) one rollout stage; returns its folder with episodes.parquet, turns.parquet, manifest.
 
     `engine_factory(checkpoint)` is only called when the stage is not done yet (loading an engine costs
@@ -148,7 +161,8 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
     set, checkpoint key) and goes into the stage key with the code version. `force` recomputes a done stage
     (the new folder replaces the old one atomically); `cached_only` raises instead of computing a stage that is not
     done (a replay must not re-run it). `extra_tables(episode_rows) -> {name: table}` adds
-    tables to the same folder (the eval stage's summary).
+    tables to the same folder (the eval stage's summary); `demonstrator` plays scripted episodes (the sft
+    stage's demonstrations, see `run_episodes`).
     """
     key_params = {"stage": stage, **asdict(params)}
     key = stage_key({**key_params, "requests": requests}, {**inputs, "checkpoint": checkpoint},
@@ -158,7 +172,7 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
         return folder
     engine = engine_factory(checkpoint)
     start = time.perf_counter()
-    episodes, turns = run_episodes(engine, shop, requests, params, progress)
+    episodes, turns = run_episodes(engine, shop, requests, params, progress, demonstrator)
     seconds = time.perf_counter() - start
     episode_rows, turn_rows = [], []
     for ep, ep_turns in zip(episodes, turns):

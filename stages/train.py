@@ -1,4 +1,5 @@
-"""Train: one policy update per iteration on the policy's own sampled actions, read top to bottom.
+"""Train: the policy update of an iteration on the policy's own sampled actions, read top to bottom. The sft
+warm start (stages/sft.py) is the same stage on oracle demonstrations.
 
 Data: every model reply of the iteration's rollout joined with its episode's weight (train_data.sql), as a
 Hugging Face `datasets.Dataset`. A row is one sequence, prompt_ids + completion_ids exactly as sampled; only the
@@ -20,6 +21,7 @@ weights (bf16 would round away updates of lr 5e-6) and `training_state.pt` (step
 from __future__ import annotations
 
 import logging
+import random
 import resource
 import shutil
 import time
@@ -30,6 +32,8 @@ import duckdb
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+
+from tqdm import tqdm
 
 from storage.parquet import write_table
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
@@ -59,7 +63,9 @@ class TrainParams:
     beta2: float = 1e-3
     """Scale of the log-ratio in the apo objective (the paper's beta2)."""
     epochs: int = 1
-    """Optimizer steps per iteration, each over all of the iteration's sequences."""
+    """Passes over the iteration's episodes."""
+    batch_episodes: int = 0
+    """Episodes per optimizer step, shuffled each epoch; 0: all of them (one step per epoch)."""
     micro_batch_size: int = 4
     """Sequences per forward/backward; gradients accumulate over micro-batches."""
     logits_chunk: int = 1024
@@ -82,7 +88,7 @@ class TrainParams:
         for name in ("learning_rate", "micro_batch_size", "logits_chunk", "epochs", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("kl_coef", "beta2", "weight_decay"):
+        for name in ("kl_coef", "beta2", "weight_decay", "batch_episodes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
@@ -159,6 +165,8 @@ def _peak_mem_mb() -> float:
 def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: int) -> dict:
     """One optimizer step over all rows of `data` (gradient accumulation over micro-batches)."""
     device = next(policy.parameters()).device
+    if params.objective == "weighted-sft" and params.kl_coef == 0:
+        ref_model = None  # nothing uses the reference: skip its forward (a third of the step)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=params.bf16_autocast)
     data = data.to_list()
     episodes = sorted({r["episode_id"] for r in data})
@@ -194,7 +202,7 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
         if params.objective == "weighted-sft":
             weight = torch.tensor([rows[r]["weight"] for r in row.tolist()], device=device)
             ce = (-logp * weight / per_ep_tokens).sum() / n_episodes
-            kl_term = (kl / per_ep_tokens).sum() / n_episodes
+            kl_term = (kl / per_ep_tokens).sum() / n_episodes if kl is not None else torch.zeros((), device=device)
             loss = ce + params.kl_coef * kl_term
             sums["ce"] += ce.item()
             sums["kl"] += kl_term.item()
@@ -242,8 +250,9 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams):
     optimizer = torch.optim.AdamW(policy.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
     step = 0
     state_path = Path(checkpoint) / TRAINING_STATE
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+    state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
+    # A warm start (the sft stage) is a new starting model, not a run to resume: fresh optimizer, step 0.
+    if state is not None and state.get("stage", "train") == "train":
         if state["reference"] != str(reference):
             raise ValueError(f"checkpoint {checkpoint} was trained against reference {state['reference']}, "
                              f"not {reference}: start a new run")
@@ -259,43 +268,66 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams):
 
 
 def save_checkpoint(policy, optimizer, step: int, source: Path, reference: Path, params: TrainParams,
-                    out: Path) -> None:
+                    out: Path, stage: str = "train") -> None:
     policy.save_pretrained(out)
     for name in TOKENIZER_FILES:
         if (Path(source) / name).is_file():
             shutil.copy(Path(source) / name, out / name)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                "reference": str(reference), "objective": params.objective, "params": asdict(params)},
+                "reference": str(reference), "objective": params.objective, "params": asdict(params),
+                "stage": stage},
                out / TRAINING_STATE)
 
 
+def episode_batches(episode_ids: list[str], params: TrainParams, epoch: int) -> list[list[int]]:
+    """Row indices of each optimizer step of one epoch: all rows at once, or `batch_episodes` whole episodes
+    per step in an order shuffled by (seed, epoch), so a resumed or replayed stage takes the same steps."""
+    rows: dict[str, list[int]] = {}
+    for i, e in enumerate(episode_ids):
+        rows.setdefault(e, []).append(i)
+    episodes = sorted(rows)
+    if not params.batch_episodes:
+        return [[i for e in episodes for i in rows[e]]]
+    random.Random(params.seed * 1000 + epoch).shuffle(episodes)
+    size = params.batch_episodes
+    return [[i for e in episodes[s:s + size] for i in rows[e]] for s in range(0, len(episodes), size)]
+
+
 def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_dir: Path, params: TrainParams, *,
-                run: str, iteration: int, root=None, force: bool = False, cached_only: bool = False) -> Path:
-    """Run (or reuse) one iteration's training; returns its folder (checkpoint/, train_metrics.parquet).
+                run: str, iteration: int | None, root=None, stage: str = "train", force: bool = False,
+                cached_only: bool = False, progress: bool = True) -> Path:
+    """Run (or reuse) one training stage; returns its folder (checkpoint/, train_metrics.parquet).
+
+    `stage` is "train" (an iteration's update) or "sft" (the warm start on demonstrations, iteration None);
     `force` recomputes a done stage."""
     params.check()
     inputs = {"checkpoint": str(checkpoint), "reference": str(reference), "weights": Path(weights_dir).name,
               "rollout": Path(rollout_dir).name}
     key = stage_key(asdict(params), inputs, code_version("stages/train.py", "stages/train_data.sql"))
-    folder = stage_dir(run, "train", key, iteration, root)
-    if reuse_done(folder, "train", force, cached_only):
+    folder = stage_dir(run, stage, key, iteration, root)
+    if reuse_done(folder, stage, force, cached_only):
         return folder
     data = load_train_data(Path(rollout_dir) / "turns.parquet", Path(weights_dir) / "weights.parquet")
     policy, ref_model, optimizer, step = load_policy(Path(checkpoint), Path(reference), params)
     torch.manual_seed(params.seed + step)
     pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
+    steps = [b for epoch in range(params.epochs) for b in episode_batches(data["episode_id"], params, epoch)]
     metrics = []
-    for _ in range(params.epochs):
+    bar = tqdm(steps, desc=stage, unit="step", disable=not progress, leave=False)
+    for rows in bar:
         step += 1
-        m = train_step(policy, ref_model, data, params, optimizer, pad_id)
+        m = train_step(policy, ref_model, data.select(rows), params, optimizer, pad_id)
         metrics.append({"step": step, "objective": params.objective, "lr": params.learning_rate, **m})
-        log.info("train step %d: loss %.4f ce %.4f kl %.5f apo_residual %.4f mean_weight %.3f grad_norm %.3f "
-                 "| %d seq, %d tokens, %.0f tok/s, peak %.0f MiB", step, m["loss"], m["ce"], m["kl"],
+        bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
+        log.info("%s step %d: loss %.4f ce %.4f kl %.5f apo_residual %.4f mean_weight %.3f grad_norm %.3f "
+                 "| %d seq, %d tokens, %.0f tok/s, peak %.0f MiB", stage, step, m["loss"], m["ce"], m["kl"],
                  m["apo_residual"], m["mean_weight"], m["grad_norm"], m["sequences"], m["tokens"],
                  m["tokens_per_s"], m["peak_mem_mb"])
-    manifest = {"stage": "train", "run": run, "iteration": iteration, "key": key, "params": asdict(params),
-                "inputs": inputs, "summary": {"step": step, **metrics[-1]}}
+    bar.close()
+    manifest = {"stage": stage, "run": run, "iteration": iteration, "key": key, "params": asdict(params),
+                "inputs": inputs, "summary": {"step": step, "steps": len(metrics), **metrics[-1]}}
     with stage_output(folder, manifest) as tmp:
-        save_checkpoint(policy, optimizer, step, Path(checkpoint), Path(reference), params, tmp / "checkpoint")
+        save_checkpoint(policy, optimizer, step, Path(checkpoint), Path(reference), params, tmp / "checkpoint",
+                        stage)
         write_table(pa.Table.from_pylist(metrics, schema=METRICS_SCHEMA), tmp / "train_metrics.parquet")
     return folder

@@ -6,7 +6,7 @@
     v_star         per-goal V* of each iteration's weights stage (+ run, iteration)
     diagnostics    weights diagnostics (+ run, iteration)
     train_metrics  one row per optimizer step (+ run, iteration)
-    eval           one row per evaluation (+ run)
+    eval           one row per evaluation (+ run); iteration 0 is the starting policy (`apo train`)
     iterations     run, iteration and the folders each stage used
 
 "Current" means the folders an iteration's `iteration.json` points to: a replay leaves the superseded
@@ -51,7 +51,8 @@ def _files(records: list[dict], stage_keys: tuple[str, ...], name: str) -> list[
     return files
 
 
-def _view(con, view: str, files: list[tuple[str, int, str]], tag: bool) -> None:
+def _view(con, view: str, files: list[tuple[str, int, str]], tag: str) -> None:
+    """tag: "" (the files carry their own run/iteration), "run", or "run,iteration" columns added."""
     if not files:
         con.execute(f"CREATE VIEW {view} AS SELECT NULL AS run WHERE false")
         return
@@ -59,7 +60,8 @@ def _view(con, view: str, files: list[tuple[str, int, str]], tag: bool) -> None:
     unions = []
     for run, iteration, path in files:
         source = "read_parquet('" + path.replace("'", "''") + "', hive_partitioning = false)"
-        cols = f"'{run}' AS run, {iteration}::INTEGER AS iteration, " if tag else ""
+        cols = {"": "", "run": f"'{run}' AS run, ",
+                "run,iteration": f"'{run}' AS run, {iteration}::INTEGER AS iteration, "}[tag]
         unions.append(f"SELECT {cols}* FROM {source}")
     con.execute(f"CREATE VIEW {view} AS " + " UNION ALL BY NAME ".join(unions))
 
@@ -73,10 +75,10 @@ def build_catalog(root: str | Path | None = None) -> Path:
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp))
     try:
-        _view(con, "episodes", _files(records, ("reference", "rollout", "eval"), "episodes.parquet"), tag=False)
-        _view(con, "turns", _files(records, ("reference", "rollout", "eval"), "turns.parquet"), tag=False)
+        _view(con, "episodes", _files(records, ("reference", "rollout", "eval"), "episodes.parquet"), tag="")
+        _view(con, "turns", _files(records, ("reference", "rollout", "eval"), "turns.parquet"), tag="")
         for view, (stage, name) in SOURCES.items():
-            _view(con, view, _files(records, (stage,), name), tag=view != "eval")
+            _view(con, view, _files(records, (stage,), name), tag="run" if view == "eval" else "run,iteration")
         rows = [(r["run"], r["iteration"], *(r.get(s) for s in ("reference", "rollout", "weights", "train", "eval")),
                  r["checkpoint"]) for r in records]
         con.execute("CREATE TABLE iterations (run VARCHAR, iteration INTEGER, reference VARCHAR, rollout VARCHAR, "

@@ -130,3 +130,83 @@ def test_run_identity_cannot_change(first, config):
 
     with pytest.raises(ValueError, match="was started with"):
         apo(replace(config, batch_size=2), 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the warm start, iteration 0, a second objective on the same reference, artifacts
+
+@pytest.fixture(scope="module")
+def warm(prefect, config):
+    from flows.apo import apo_train
+
+    # 8 steps: the oracle needs search, click, options and buy; the 135M model's replies stay 8 tokens.
+    warm_config = replace(config, run="warm", sft_demos=2, sft_epochs=1, sft_batch_episodes=1, max_episode_steps=8,
+                          history_turns=0)
+    return warm_config, apo_train(warm_config)
+
+
+def test_warm_start_is_the_reference_and_the_first_policy(warm):
+    from stages import pipeline
+
+    config, records = warm
+    assert [r["iteration"] for r in records] == [1]
+    start = pipeline.iteration_record(config, 0)
+    sft_checkpoint = str(Path(start["sft"]) / "checkpoint")
+    assert start["checkpoint"] == sft_checkpoint and records[0]["sft"] == start["sft"]
+    assert Path(start["sft"]).parent == Path(config.output_dir) / "runs" / "warm" / "sft"
+    for stage in ("reference", "rollout"):  # both act with the warm-started model in iteration 1
+        assert set(read_table(Path(records[0][stage]) / "episodes.parquet")["checkpoint"].to_pylist()) == \
+            {sft_checkpoint}
+    state = json.loads((Path(records[0]["train"]) / "manifest.json").read_text())
+    assert state["inputs"]["reference"] == sft_checkpoint
+    # iteration 0 evaluated the warm start; the catalogue shows the curve's two points for this run
+    evaluation = read_table(Path(start["eval"]) / "eval.parquet").to_pylist()
+    assert evaluation[0]["iteration"] == 0 and evaluation[0]["checkpoint"] == sft_checkpoint
+    _, rows = query("SELECT iteration FROM eval WHERE run = 'warm' ORDER BY iteration", config.output_dir)
+    assert rows == [(0,), (1,)]
+
+
+def test_second_objective_shares_warm_start_and_reference(warm):
+    from flows.apo import apo_train
+    from stages import pipeline
+
+    config, records = warm
+    shared = {s: _mtime(records[0][s]) for s in ("sft", "reference")}
+    other = replace(config, run="warm-apo", objective="apo", reference_run="warm")
+    [record] = apo_train(other)
+    assert record["sft"] == records[0]["sft"] and record["reference"] == records[0]["reference"]
+    assert {s: _mtime(record[s]) for s in shared} == shared                 # reused, not recomputed
+    assert pipeline.iteration_record(other, 0)["eval"] == pipeline.iteration_record(config, 0)["eval"]
+    assert record["rollout"] != records[0]["rollout"] and record["train"] != records[0]["train"]
+    assert json.loads((Path(record["train"]) / "manifest.json").read_text())["params"]["objective"] == "apo"
+    with pytest.raises(ValueError, match="reference run 'nope' has not started"):
+        apo_train(replace(other, run="warm-x", reference_run="nope"))
+
+
+def test_iterations_publish_artifacts(warm):
+    from prefect.artifacts import Artifact
+
+    from stages import pipeline
+
+    config, records = warm
+    key = pipeline.artifact_key(config)
+    metrics = Artifact.get(f"{key}-metrics")
+    assert metrics is not None and metrics.type == "table"
+    rows = json.loads(metrics.data)
+    assert [r["iteration"] for r in rows] == [0, 1] and rows[1]["train_tokens_per_s"] > 0
+    episodes = Artifact.get(f"{key}-episodes")
+    assert episodes.type == "markdown" and records[0]["rollout"] in episodes.data and "reward" in episodes.data
+    curve = Artifact.get(f"{key}-curve")
+    assert curve.data.startswith("![learning curve](data:image/png;base64,iVBORw0KGgo")  # a PNG
+    assert (pipeline.run_dir(config) / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_num_steps_zero_runs_only_iteration_zero(prefect, config):
+    from flows.apo import apo_train
+    from stages import pipeline
+
+    base = replace(config, run="base-only", num_steps=0)
+    assert apo_train(base) == []
+    record = pipeline.iteration_record(base, 0)
+    assert record["sft"] is None and record["checkpoint"] == str(pipeline.base_model(base))
+    assert read_table(Path(record["eval"]) / "eval.parquet")["iteration"].to_pylist() == [0]

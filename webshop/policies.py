@@ -9,12 +9,12 @@ A policy maps (episode, memory) to the next action string; `run_policy` steps ev
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from webshop.env import BatchEnv, Episode, Shop
+from webshop.metrics import score_ci, wilson
 from webshop.pages import PRODUCT_WINDOW
 from webshop.reward import load_tagger
 
@@ -104,18 +104,19 @@ def run_policy(shop: Shop, policy: Policy, goal_indices: list[int], max_steps: i
 
 
 def summarize(results: list[EpisodeResult], seconds: float) -> dict:
-    """Score (100 x mean reward) and success rate (reward == 1), each with a normal-approximation 95% CI."""
+    """Score (100 x mean reward, 95% normal CI) and success rate (reward == 1, 95% Wilson CI: its centre and
+    half-width), the intervals trained policies are reported with (webshop/metrics.py)."""
     n = len(results)
-    rewards = [r.reward for r in results]
-    mean = sum(rewards) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in rewards) / (n - 1)) if n > 1 else 0.0
-    success = sum(r.success for r in results) / n
+    score, score_half = score_ci([r.reward for r in results])
+    successes = sum(r.success for r in results)
+    centre, half = wilson(successes, n)
     return {
         "episodes": n,
-        "score": round(100 * mean, 2),
-        "score_ci95": round(100 * 1.96 * sd / math.sqrt(n), 2),
-        "success_rate": round(success, 4),
-        "success_ci95": round(1.96 * math.sqrt(success * (1 - success) / n), 4),
+        "score": round(score, 2),
+        "score_ci95": round(score_half, 2),
+        "success_rate": round(successes / n, 4),
+        "success_centre": round(centre, 4),
+        "success_ci95": round(half, 4),
         "mean_steps": round(sum(r.steps for r in results) / n, 2),
         "episodes_per_s": round(n / seconds, 1) if seconds > 0 else None,
     }

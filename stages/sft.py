@@ -1,0 +1,56 @@
+"""SFT warm start: WebShop's imitation-learning step, on demonstrations of the scripted oracle.
+
+    demos(goals) ──> sft
+
+`demos_stage` plays `webshop.policies.oracle_policy` on training goals through the rollout loop, so every
+demonstration turn carries exactly the prompt ids a rollout of the model would build (same template, history
+and token budget), and the oracle's action as the reply. Its folder holds episodes, turns and `weights.parquet`
+(weight 1 for every episode that bought the goal's product with reward 1, no row for the others), the same
+tables an iteration's training reads, so `sft_stage` is the ordinary training stage with SFT parameters:
+weighted SFT with weight 1, no KL, minibatches of episodes, a higher learning rate.
+
+The warm-started checkpoint is then the run's reference model (A*-PO's pi_ref) and its first policy.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+
+from stages.rollout import RolloutParams, episode_requests, rollout_stage
+from stages.train import TrainParams, train_stage
+from webshop.policies import oracle_policy
+
+DEMO_WEIGHTS_SCHEMA = pa.schema([("episode_id", pa.string()), ("goal_idx", pa.int32()), ("reward", pa.float64()),
+                                 ("weight", pa.float64()), ("advantage", pa.float64())])
+
+
+def demo_weights(episode_rows: list[dict]) -> pa.Table:
+    """Weight 1 for each demonstration that succeeded; failed ones (the oracle misses ~5% of goals) get none."""
+    rows = [{"episode_id": e["episode_id"], "goal_idx": e["goal_idx"], "reward": e["reward"], "weight": 1.0,
+             "advantage": 0.0} for e in episode_rows if e["success"]]
+    return pa.Table.from_pylist(rows, schema=DEMO_WEIGHTS_SCHEMA)
+
+
+def demos_stage(shop, goals: list[int], params: RolloutParams, model: Path, *, run: str, inputs: dict[str, str],
+                root=None, force: bool = False, cached_only: bool = False) -> Path:
+    """Oracle episodes on `goals` recorded as training rows (episodes, turns, weights) with the prompts of
+    `model`'s tokenizer; returns the folder."""
+    def engine(_):
+        from transformers import AutoTokenizer
+        return SimpleNamespace(name="oracle", tokenizer=AutoTokenizer.from_pretrained(model))
+
+    return rollout_stage(engine, shop, episode_requests(goals, 1), replace(params, temperature=0.0),
+                         run=run, stage="demos", iteration=None, checkpoint="oracle",
+                         inputs={**inputs, "tokenizer": str(model)}, root=root,
+                         force=force, cached_only=cached_only, demonstrator=oracle_policy,
+                         extra_tables=lambda rows: {"weights": demo_weights(rows)})
+
+
+def sft_stage(model: Path, demos: Path, params: TrainParams, *, run: str, root=None, force: bool = False,
+              cached_only: bool = False) -> Path:
+    """Supervised training of `model` on the demonstrations in `demos`; returns the folder (checkpoint/)."""
+    return train_stage(model, model, demos, demos, params, run=run, iteration=None, root=root, stage="sft",
+                       force=force, cached_only=cached_only)

@@ -1,0 +1,129 @@
+"""The sft warm start: oracle demonstrations recorded exactly as a rollout would prompt them, the weights that
+keep only successful ones, and the training stage that learns their actions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from policy.prompts import encode_prompt
+from stages.rollout import RolloutParams
+from stages.sft import demos_stage, sft_stage
+from stages.train import TRAINING_STATE, TrainParams, action_logprobs, episode_batches, load_policy, \
+    load_train_data
+from storage.parquet import read_table
+from webshop.env import Episode
+from webshop.policies import oracle_policy
+
+PARAMS = RolloutParams(max_episode_steps=8, history_turns=1, max_prompt_tokens=1536)
+
+
+@pytest.fixture(scope="module")
+def demos(generated_shop, embedded_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft")
+    goals = list(generated_shop.goals.split("train"))[:6]
+    folder = demos_stage(generated_shop, goals, PARAMS, embedded_model, run="s", inputs={"catalogue": "gen"},
+                         root=root)
+    return {"root": root, "goals": goals, "folder": folder,
+            "episodes": read_table(folder / "episodes.parquet").to_pylist(),
+            "turns": read_table(folder / "turns.parquet").to_pylist(),
+            "weights": read_table(folder / "weights.parquet").to_pylist()}
+
+
+def test_demonstrations_are_the_oracle_episodes_as_model_turns(demos, generated_shop, hf_engine):
+    """Stepping a fresh episode with the oracle gives the recorded pages, prompts, actions and reward; each
+    recorded reply is the action's exact tokens."""
+    tok = hf_engine.tokenizer
+    assert [e["goal_idx"] for e in demos["episodes"]] == demos["goals"]
+    assert {e["stage"] for e in demos["episodes"]} == {"demos"} and {e["checkpoint"] for e in demos["episodes"]} \
+        == {"oracle"}
+    for e in demos["episodes"]:
+        turns = sorted((t for t in demos["turns"] if t["episode_id"] == e["episode_id"]), key=lambda t: t["turn"])
+        ep, memory, history = Episode(generated_shop, e["goal_idx"], max_steps=PARAMS.max_episode_steps), {}, []
+        for t in turns:
+            assert ep.observation() == t["observation"]
+            assert t["prompt_ids"] == encode_prompt(tok, ep.goal.instruction_text, ep.observation(),
+                                                    ep.available_actions(), history, PARAMS.prompt())
+            action = oracle_policy(ep, memory)
+            assert t["action"] == t["completion_text"] == action
+            assert tok.decode(t["completion_ids"]) == action and t["completion_logprobs"] == [0.0] * len(
+                t["completion_ids"])
+            result = ep.step(action)
+            assert result.info["valid"] == t["valid"]
+            history.append((t["observation"], t["completion_text"]))
+        assert ep.done == (e["end_reason"] in ("bought", "step_cap"))
+        assert ep.state.reward == e["reward"] or e["end_reason"] != "bought"
+
+
+def test_weights_keep_only_successful_demonstrations(demos):
+    successes = {e["episode_id"] for e in demos["episodes"] if e["success"]}
+    assert successes, "the oracle should buy the right product on some of these goals"
+    assert {w["episode_id"] for w in demos["weights"]} == successes
+    assert {w["weight"] for w in demos["weights"]} == {1.0}
+    manifest = json.loads((demos["folder"] / "manifest.json").read_text())
+    assert manifest["stage"] == "demos" and manifest["summary"]["engine"] == "oracle"
+
+
+def test_done_demonstrations_are_reused(demos, generated_shop, embedded_model):
+    mtime = (demos["folder"] / "manifest.json").stat().st_mtime_ns
+    again = demos_stage(generated_shop, demos["goals"], PARAMS, embedded_model, run="s", inputs={"catalogue": "gen"},
+                        root=demos["root"])
+    assert again == demos["folder"] and (again / "manifest.json").stat().st_mtime_ns == mtime
+
+
+def _mean_action_logprob(checkpoint: Path, data) -> float:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for row in data.to_list():
+            ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
+            logp, _, _, _ = action_logprobs(model, ids, torch.ones_like(ids), [len(row["prompt_ids"])],
+                                            [len(row["completion_ids"])], 1024)
+            total, n = total + logp.sum().item(), n + logp.numel()
+    return total / n
+
+
+def test_sft_stage_learns_the_demonstrated_actions(demos, embedded_model, generated_shop, tmp_path):
+    # Two short successful demonstrations keep this fast: without history their prompts are one page each.
+    params = RolloutParams(max_episode_steps=8, history_turns=0)
+    small = demos_stage(generated_shop, demos["goals"][:3], params, embedded_model, run="s2",
+                        inputs={"catalogue": "gen"}, root=tmp_path)
+    data = load_train_data(small / "turns.parquet", small / "weights.parquet")
+    train = TrainParams(learning_rate=1e-4, kl_coef=0.0, epochs=1, batch_episodes=1, bf16_autocast=False,
+                        gradient_checkpointing=False)
+    folder = sft_stage(embedded_model, small, train, run="s2", root=tmp_path)
+    assert folder.parent == tmp_path / "runs" / "s2" / "sft"
+    episodes = len(set(data["episode_id"]))
+    metrics = read_table(folder / "train_metrics.parquet").to_pylist()
+    assert [m["step"] for m in metrics] == list(range(1, episodes + 1))  # one step per demonstration episode
+    assert all(m["kl"] == 0.0 for m in metrics)                          # kl_coef 0: no reference forward
+    before = _mean_action_logprob(embedded_model, data)
+    after = _mean_action_logprob(folder / "checkpoint", data)
+    assert after > before + 0.05, (before, after)
+
+    # the warm start is a new starting model: trained against another reference it is not refused, and the
+    # first iteration starts a fresh optimizer at step 0
+    state = torch.load(folder / "checkpoint" / TRAINING_STATE, weights_only=False)
+    assert state["stage"] == "sft"
+    _, _, optimizer, step = load_policy(folder / "checkpoint", folder / "checkpoint", TrainParams(objective="apo"))
+    assert step == 0 and not optimizer.state
+
+
+def test_episode_batches_cover_every_row_once_in_whole_episodes():
+    episode_ids = ["a", "a", "b", "c", "c", "c", "d"]
+    assert episode_batches(episode_ids, TrainParams(batch_episodes=0), 0) == [[0, 1, 2, 3, 4, 5, 6]]
+    for epoch in range(3):
+        batches = episode_batches(episode_ids, TrainParams(batch_episodes=2), epoch)
+        assert len(batches) == 2
+        assert sorted(i for b in batches for i in b) == list(range(7))
+        for b in batches:
+            assert len({episode_ids[i] for i in b}) == 2
+            assert all(episode_ids.count(episode_ids[i]) == sum(episode_ids[j] == episode_ids[i] for j in b)
+                       for i in b)  # an episode's rows stay together
+        assert batches == episode_batches(episode_ids, TrainParams(batch_episodes=2), epoch)  # deterministic
+    orders = {tuple(map(tuple, episode_batches(episode_ids, TrainParams(batch_episodes=1), e))) for e in range(6)}
+    assert len(orders) > 1  # reshuffled each epoch
