@@ -56,18 +56,22 @@ def configure_prefect(root: str | None) -> None:
 
 def train(args: argparse.Namespace) -> dict:
     from apo.config import config_from_args
+    from stages.pipeline import check_reference_run
+    config = config_from_args(args)
+    check_reference_run(config)  # bad input fails before Prefect starts
     configure_prefect(args.output_dir)
     from flows.apo import apo_train
 
-    records = apo_train(config_from_args(args))
+    records = apo_train(config)
     return {"run": args.run, "iterations": len(records),
             "checkpoint": records[-1]["checkpoint"] if records else None}
 
 
 def iteration(args: argparse.Namespace) -> dict:
     from apo.config import config_from_args
-    from stages.pipeline import resolve_iteration
+    from stages.pipeline import check_reference_run, resolve_iteration
     config = config_from_args(args)
+    check_reference_run(config)
     number = resolve_iteration(config, args.iteration, args.from_stage)  # bad input fails before Prefect starts
     configure_prefect(args.output_dir)
     from flows.apo import apo

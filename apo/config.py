@@ -108,8 +108,11 @@ class Config:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.sft_demos < 0:
             raise ValueError(f"--sft-demos must be >= 0, got {self.sft_demos}")
-        if self.sft_batch_episodes < 1:
-            raise ValueError(f"--sft-batch-episodes must be >= 1, got {self.sft_batch_episodes}")
+        for name in ("sft_epochs", "sft_batch_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.sft_learning_rate > 0:
+            raise ValueError(f"--sft-learning-rate must be > 0, got {self.sft_learning_rate}")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
         self.weights_params().check()

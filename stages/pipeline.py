@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from apo.config import Config
-from policy.engines import make_engine
+from policy.engines import make_engine, vllm_cache_dir
 from policy.models import resolve_model
 from stages.evaluate import eval_stage
 from stages.report import eval_row, iteration_metrics, plot_curves, sample_episodes_markdown
@@ -52,10 +52,30 @@ def run_dir(config: Config) -> Path:
     return storage_root(config.output_dir) / "runs" / config.run
 
 
+def run_identity(config: Config) -> dict:
+    return {k: getattr(config, k) for k in RUN_IDENTITY}
+
+
+def check_reference_run(config: Config) -> None:
+    """A run that takes its reference from another must match that run's identity (one clear line if not)."""
+    if not config.reference_run or config.reference_run == config.run:
+        return
+    other = storage_root(config.output_dir) / "runs" / config.reference_run / "config.json"
+    if not other.is_file():
+        raise ValueError(f"reference run {config.reference_run!r} has not started: run it first")
+    stored, identity = json.loads(other.read_text()), run_identity(config)
+    diff = [k for k, v in identity.items() if stored.get(k) != v]
+    if diff:
+        raise ValueError(f"reference run {config.reference_run!r} differs in " +
+                         ", ".join(f"{k} ({stored.get(k)!r} vs {identity[k]!r})" for k in diff) +
+                         ": its reference samples do not fit this run")
+
+
 def check_run_config(config: Config) -> None:
     """The first iteration stores the run's identity; later ones must match it (one clear line if not)."""
+    check_reference_run(config)
     path = run_dir(config) / "config.json"
-    identity = {k: getattr(config, k) for k in RUN_IDENTITY}
+    identity = run_identity(config)
     if path.is_file():
         stored = json.loads(path.read_text())
         diff = {k: (stored.get(k), v) for k, v in identity.items() if stored.get(k) != v}
@@ -65,16 +85,6 @@ def check_run_config(config: Config) -> None:
                              ", ".join(f"{k}={b!r}" for k, (_, b) in diff.items()) + ": use another --run")
     else:
         _write_json(path, identity)
-    if config.reference_run and config.reference_run != config.run:
-        other = storage_root(config.output_dir) / "runs" / config.reference_run / "config.json"
-        if not other.is_file():
-            raise ValueError(f"reference run {config.reference_run!r} has not started: run it first")
-        stored = json.loads(other.read_text())
-        diff = [k for k, v in identity.items() if stored.get(k) != v]
-        if diff:
-            raise ValueError(f"reference run {config.reference_run!r} differs in " +
-                             ", ".join(f"{k} ({stored.get(k)!r} vs {identity[k]!r})" for k in diff) +
-                             ": its reference samples do not fit this run")
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -212,8 +222,9 @@ def engine_for(config: Config):
     def factory(checkpoint: str):
         if _ENGINE.get("checkpoint") != str(checkpoint):
             release_engine()
+            cache = vllm_cache_dir(storage_root(config.output_dir))  # not inside the checkpoint's stage folder
             _ENGINE.update(checkpoint=str(checkpoint),
-                           engine=make_engine(config.engine, checkpoint, seed=config.seed))
+                           engine=make_engine(config.engine, checkpoint, seed=config.seed, cache_dir=cache))
         return _ENGINE["engine"]
     return factory
 

@@ -90,11 +90,13 @@ def plot_curves(curves: dict[str, list[dict]], out: Path, baselines: dict[str, d
     import matplotlib
     matplotlib.use("Agg")  # no display; also keeps Prefect workers headless
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for label, rows in curves.items():
+    for k, (label, rows) in enumerate(curves.items()):
         rows = sorted(rows, key=lambda r: r["iteration"])
-        x = [r["iteration"] for r in rows]
+        dodge = 0.06 * (k - (len(curves) - 1) / 2)  # curves that share a point keep their error bars visible
+        x = [r["iteration"] + dodge for r in rows]
         axes[0].errorbar(x, [r["score"] for r in rows], yerr=[r["score_ci"] for r in rows], marker="o",
                          capsize=3, label=label)
         axes[1].errorbar(x, [100 * r["success_rate"] for r in rows], yerr=_wilson_bars(rows), marker="o",
@@ -105,6 +107,7 @@ def plot_curves(curves: dict[str, list[dict]], out: Path, baselines: dict[str, d
     for ax, name in zip(axes, ("score (100 x mean reward)", "success rate (%)")):
         ax.set_xlabel("iteration (0 = starting policy)")
         ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)

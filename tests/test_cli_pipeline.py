@@ -26,6 +26,11 @@ def _one_line_error(capsys, argv: list[str], *words: str) -> None:
     (["--engine", "nope"], ["engine", "'nope'"]),
     (["--objective", "ppo"], ["objective", "'ppo'"]),
     (["--temperature", "-1"], ["--temperature"]),
+    (["--num-steps", "-1"], ["--num-steps", ">= 0"]),
+    (["--sft-demos", "-2"], ["--sft-demos", ">= 0"]),
+    (["--sft-epochs", "0"], ["--sft-epochs", ">= 1"]),
+    (["--sft-learning-rate", "0"], ["--sft-learning-rate", "> 0"]),
+    (["--sft-batch-episodes", "0"], ["--sft-batch-episodes", ">= 1"]),
 ])
 def test_bad_flag_values_give_one_line(capsys, tmp_path, flags, words):
     _one_line_error(capsys, ["train", "--output-dir", str(tmp_path), *flags], *words)
@@ -37,6 +42,16 @@ def test_flag_of_the_wrong_type_is_argparse_one_line(capsys):
         main(["train", "--num-steps", "many"])
     assert e.value.code == 2
     assert "--num-steps" in capsys.readouterr().err
+
+
+def test_reference_run_that_has_not_started(tmp_path):
+    """Checked before Prefect starts: one line, nothing else on stderr, no run folder written."""
+    out = subprocess.run([sys.executable, "-m", "apo.cli", "train", "--output-dir", str(tmp_path), "--run", "b",
+                          "--reference-run", "a", "--engine", "hf"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line == "apo train: error: reference run 'a' has not started: run it first"
+    assert not (tmp_path / "runs").exists()
 
 
 def test_sql_on_an_empty_root_and_bad_sql(capsys, tmp_path):

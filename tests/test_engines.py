@@ -15,6 +15,8 @@ next tokens flip with padding or kernels, so greedy runs are compared exactly wh
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -265,3 +267,16 @@ def test_vllm_greedy_agrees_with_hf_greedy(vllm_runs, hf_runs, prompts):
 def test_make_engine_rejects_an_unknown_name(tmp_path):
     with pytest.raises(ValueError, match="'nope'"):
         make_engine("nope", tmp_path)
+
+
+def test_vllm_temporary_files_stay_out_of_stage_folders_and_socket_paths_fit(tmp_path):
+    """vLLM's processes talk over unix sockets in TMPDIR (at most 107 bytes with a 36-byte uuid): found when the
+    warm-started checkpoint, deep in its stage folder, was the first model a process served."""
+    from policy.engines import vllm_cache_dir
+
+    short = vllm_cache_dir("/srv/apo")  # only computes the path
+    assert short == Path("/srv/apo/cache/vllm")
+    deep = vllm_cache_dir(tmp_path / ("x" * 80))
+    assert not str(deep).startswith(str(tmp_path)) and vllm_cache_dir() == deep
+    for cache in (short, deep):
+        assert len(str(cache / "tmpdir")) + 1 + 36 <= 107

@@ -1,5 +1,6 @@
 """Catalogues as Parquet under the storage root, atomic writes, and the `apo baseline` command."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from storage.catalogues import open_catalogue, products_table, catalogue_from_table
+from storage.catalogues import catalogue_from_table, catalogue_name, open_catalogue, products_table
 from storage.parquet import read_table, write_table
 from webshop.generate import generate_catalogue
 
@@ -32,6 +33,20 @@ def test_open_catalogue_stores_once_then_reads_parquet(tmp_path):
     assert stored[0].stat().st_mtime_ns == mtime  # read, not rewritten
     count = duckdb.sql(f"SELECT count(*) FROM '{stored[0]}'").fetchall()[0][0]
     assert count == 80
+
+
+def test_catalogue_name_follows_the_data_bytes_not_file_times(tmp_path):
+    """Data copied in again (same bytes, new mtimes: how ../shared is provisioned) keeps the name, so every stage
+    cached on it stays valid; changed bytes give a new name. Found when a re-provisioned ../shared/webshop
+    silently re-ran a whole learning-curve benchmark."""
+    data = tmp_path / "webshop"
+    data.mkdir()
+    (data / "items.json").write_text("[1]")
+    name = catalogue_name(data, None, 0)
+    os.utime(data / "items.json", ns=(10**9, 10**9))
+    assert catalogue_name(data, None, 0) == name
+    (data / "items.json").write_text("[2]")
+    assert catalogue_name(data, None, 0) != name
 
 
 def test_real_catalogue_round_trips_through_parquet(tmp_path):
