@@ -102,15 +102,13 @@ class Config:
             raise ValueError(f"goal-kind {self.goal_kind!r} is not synthetic or human")
         if self.num_steps < 0:
             raise ValueError(f"--num-steps must be >= 0 (0: only iteration 0), got {self.num_steps}")
-        for name in ("batch_size", "rollout_samples", "v_star_samples", "eval_frequency",
-                     "eval_goals", "save_frequency", "max_new_tokens", "max_episode_steps", "max_prompt_tokens"):
+        for name in ("batch_size", "rollout_samples", "v_star_samples", "eval_frequency", "eval_goals",
+                     "save_frequency", "max_new_tokens", "max_episode_steps", "max_prompt_tokens", "sft_epochs",
+                     "sft_batch_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.sft_demos < 0:
             raise ValueError(f"--sft-demos must be >= 0, got {self.sft_demos}")
-        for name in ("sft_epochs", "sft_batch_episodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.sft_learning_rate > 0:
             raise ValueError(f"--sft-learning-rate must be > 0, got {self.sft_learning_rate}")
         if self.temperature < 0:
