@@ -75,7 +75,7 @@ class Config:
     beta2: float = 1e-3
     """beta2 of the apo objective."""
     micro_batch_size: int = 4
-    """Sequences per forward/backward."""
+    """Sequences per forward/backward (4 suits a CPU; on a GPU raise it until memory says stop: bench/train)."""
     gradient_checkpointing: bool = True
     """Recompute activations in backward (8 x 512 tokens: 4.6 GiB instead of 6.8 GiB, about 16% slower)."""
     bf16_autocast: bool = True

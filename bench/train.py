@@ -3,6 +3,7 @@ positions, in chunks) against a plain full-logits implementation, in the same ru
 
 Run:
     .venv/bin/python -m bench.train [--sequences 8] [--seq-len 512] [--action-tokens 32] [--steps 3]
+                                    [--model smollm2-135m|qwen2.5-1.5b-random|tiny-random] [--device auto|cpu|cuda]
                                     [--out bench/results/train.json]
 
 Each implementation runs in its own subprocess (so each peak RSS is its own): the embedded SmolLM2-135M as
@@ -17,6 +18,11 @@ step, then `--steps` timed optimizer steps. tokens/s counts every sequence token
                accumulation; lm_head + log_softmax only at the action positions, `logits_chunk` at a time.
     ours+ckpt  the same with the model's gradient checkpointing on (activations recomputed in backward).
 The goal from the issue: 8 sequences of 512 tokens train in under 6 GiB on CPU.
+
+On a GPU (`--device cuda`, or `auto` where one is visible) the same three run there; peak memory is then
+`torch.cuda.max_memory_allocated`. `--model qwen2.5-1.5b-random` swaps the embedded model for a randomly
+initialised Qwen2.5-1.5B-shaped one (no weights to carry; a GPU machine without the hub can run it), and
+`tiny-random` is a 2-layer model of that family to try the path on a CPU.
 """
 from __future__ import annotations
 
@@ -31,29 +37,45 @@ from pathlib import Path
 
 GOAL_MIB = 6 * 1024
 IMPLS = ("plain", "ours", "ours+ckpt")
+MODELS = ("smollm2-135m", "qwen2.5-1.5b-random", "tiny-random")
+
+
+def load_policy(model: str, home: str | None, device: str):
+    """fp32 policy on `device`: the embedded model, or a randomly initialised Qwen2 of bench.rollout's shapes
+    (initialised on the device itself: a 1.5B init on the CPU takes longer than the benchmark)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from bench.rollout import QWEN25_15B, TINY
+    from policy.models import resolve_model
+
+    if model == "smollm2-135m":
+        return AutoModelForCausalLM.from_pretrained(resolve_model(model, home), dtype=torch.float32).to(device)
+    shape = QWEN25_15B if model == "qwen2.5-1.5b-random" else TINY
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=torch.float32)
 
 
 def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, steps: int, micro_batch_size: int,
-               home: str | None) -> dict:
+               home: str | None, model: str, device: str) -> dict:
+    import copy
+
     import torch
     import torch.nn.functional as F
-    from transformers import AutoModelForCausalLM
 
     import datasets
 
-    from policy.models import resolve_model
     from stages.train import TrainParams, train_step
 
     torch.manual_seed(0)
-    path = resolve_model("smollm2-135m", home)
-    policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).train()
+    policy = load_policy(model, home, device).train()
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
     if impl == "ours+ckpt":
         policy.gradient_checkpointing_enable()
-    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=5e-6)
     ids = torch.randint(0, policy.config.vocab_size, (sequences, seq_len))
     mask = torch.ones_like(ids)
-    weights = torch.linspace(0.1, 5.0, sequences).repeat_interleave(action_tokens)
+    weights = torch.linspace(0.1, 5.0, sequences).repeat_interleave(action_tokens).to(device)
     # Our path is the trainer's own train_step on the same batch: one episode per sequence, micro-batches.
     data = datasets.Dataset.from_list([
         {"episode_id": f"e{i}", "turn": 0, "prompt_ids": ids[i, :seq_len - action_tokens].tolist(),
@@ -63,16 +85,17 @@ def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, step
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def plain_logprobs(model):
-        logits = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-        pos = torch.arange(seq_len - action_tokens - 1, seq_len - 1)
+        gpu_ids = ids.to(device)
+        logits = F.log_softmax(model(input_ids=gpu_ids, attention_mask=mask.to(device)).logits.float(), dim=-1)
+        pos = torch.arange(seq_len - action_tokens - 1, seq_len - 1, device=device)
         picked = logits[:, pos]                                   # [B, A, V]
-        return picked.reshape(-1, picked.shape[-1]), ids[:, pos + 1].reshape(-1)
+        return picked.reshape(-1, picked.shape[-1]), gpu_ids[:, pos + 1].reshape(-1)
 
     def step():
         if impl != "plain":
             return train_step(policy, ref, data, params, optimizer, pad_id=0)["loss"]
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
             lp, tgt = plain_logprobs(policy)
             with torch.no_grad():
                 rp, _ = plain_logprobs(ref)
@@ -86,11 +109,15 @@ def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, step
 
     step()  # warm-up
     start = time.perf_counter()
-    losses = [step() for _ in range(steps)]
+    losses = [step() for _ in range(steps)]  # .item() in each step waits for the GPU
     seconds = time.perf_counter() - start
-    return {"impl": impl, "steps": steps, "seconds": seconds, "tokens_per_s": steps * sequences * seq_len / seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_after_load_mib": rss_after_load, "last_loss": losses[-1], "torch_threads": torch.get_num_threads()}
+    res = {"impl": impl, "model": model, "device": device, "steps": steps, "seconds": seconds,
+           "tokens_per_s": steps * sequences * seq_len / seconds,
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "rss_after_load_mib": rss_after_load, "last_loss": losses[-1], "torch_threads": torch.get_num_threads()}
+    if device == "cuda":
+        res |= {"peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20, "gpu": torch.cuda.get_device_name(0)}
+    return res
 
 
 def main() -> None:
@@ -100,11 +127,18 @@ def main() -> None:
     parser.add_argument("--action-tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--micro-batch-size", type=int, default=4, help="ours: sequences per forward/backward")
+    parser.add_argument("--model", choices=MODELS, default="smollm2-135m")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: cuda where torch sees a GPU")
     parser.add_argument("--home", default=None, help="storage root holding the converted embedded model")
     parser.add_argument("--out", default="bench/results/train.json")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    shape = (args.sequences, args.seq_len, args.action_tokens, args.steps, args.micro_batch_size, args.home)
+    if args.device == "auto":
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = (args.sequences, args.seq_len, args.action_tokens, args.steps, args.micro_batch_size, args.home,
+             args.model, args.device)
     if args.worker:
         print(json.dumps(run_worker(args.worker, *shape)))
         return
@@ -112,28 +146,44 @@ def main() -> None:
     for impl in IMPLS:
         cmd = [sys.executable, "-m", "bench.train", "--worker", impl, "--sequences", str(args.sequences),
                "--seq-len", str(args.seq_len), "--action-tokens", str(args.action_tokens), "--steps", str(args.steps),
-               "--micro-batch-size", str(args.micro_batch_size)]
+               "--micro-batch-size", str(args.micro_batch_size), "--model", args.model, "--device", args.device]
         if args.home:
             cmd += ["--home", args.home]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results[impl] = json.loads(out.strip().splitlines()[-1])
-    plain = results["plain"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            results[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
+        else:  # e.g. plain's full logits out of memory: a result of its own, reported as such
+            error = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            results[impl] = {"impl": impl, "error": error[:300]}
+            print(f"{impl} failed: {error[:300]}", file=sys.stderr)
+    done = [r for r in results.values() if "error" not in r]
+    if not done:
+        sys.exit("bench.train: every implementation failed (see above)")
+    base = results["plain"] if "error" not in results["plain"] else done[0]
+    on_gpu = args.device == "cuda"
+    memory = "peak_cuda_mib" if on_gpu else "peak_rss_mib"
+    where = f"GPU ({base['gpu']})" if on_gpu else "CPU"
     print(f"\n{args.sequences} sequences x {args.seq_len} tokens ({args.action_tokens} action tokens each), "
-          f"{args.steps} timed steps, embedded SmolLM2-135M; ours: micro-batches of {args.micro_batch_size}\n")
-    print("| implementation | tokens/s | vs plain | peak RSS MiB | vs plain | < 6 GiB | loss (last step) |")
+          f"{args.steps} timed steps, {args.model} on {where}; ours: micro-batches of {args.micro_batch_size}\n")
+    print(f"| implementation | tokens/s | vs {base['impl']} | {'peak CUDA allocated' if on_gpu else 'peak RSS'} MiB "
+          f"| vs {base['impl']} | < 6 GiB | loss (last step) |")
     print("|---|---|---|---|---|---|---|")
     for impl in IMPLS:
         r = results[impl]
-        print(f"| {impl} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / plain['tokens_per_s']:.2f}x | "
-              f"{r['peak_rss_mib']:.0f} | {plain['peak_rss_mib'] / r['peak_rss_mib']:.2f}x less | "
-              f"{'yes' if r['peak_rss_mib'] < GOAL_MIB else 'no'} | {r['last_loss']:.4f} |")
+        if "error" in r:
+            print(f"| {impl} | failed: {r['error'][:80]} | | | | | |")
+            continue
+        print(f"| {impl} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
+              f"{r[memory]:,.0f} | {base[memory] / r[memory]:.2f}x less | "
+              f"{'yes' if r[memory] < GOAL_MIB else 'no'} | {r['last_loss']:.4f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "command": " ".join(sys.argv), "machine": {"python": platform.python_version(),
-                                                   "cpu": platform.processor() or platform.machine()},
-        "shape": dict(zip(("sequences", "seq_len", "action_tokens", "steps", "micro_batch_size", "home"), shape)),
+                                                   "cpu": platform.processor() or platform.machine(),
+                                                   "gpu": base.get("gpu")},
+        "shape": dict(zip(("sequences", "seq_len", "action_tokens", "steps", "micro_batch_size", "home", "model",
+                           "device"), shape)),
         "results": results}, indent=2))
-
 
 if __name__ == "__main__":
     main()
