@@ -71,14 +71,15 @@ def baselines(args: argparse.Namespace) -> dict[str, dict]:
     return out
 
 
-def run_summary(run: str, root: Path) -> dict:
-    """Eval rows and wall time per stage of a finished run, from its iteration records and stage folders."""
+def run_summary(run: str, root: Path, last: int) -> dict:
+    """Eval rows and wall time per stage of a finished run up to iteration `last`, from its iteration records
+    and stage folders (a run taken further by an earlier invocation keeps its later iterations out of this one)."""
     import duckdb
 
     from stages.report import eval_row
 
-    records = sorted((json.loads(p.read_text()) for p in (root / "runs" / run).glob("iter=*/iteration.json")),
-                     key=lambda r: r["iteration"])
+    records = sorted((r for p in (root / "runs" / run).glob("iter=*/iteration.json")
+                      if (r := json.loads(p.read_text()))["iteration"] <= last), key=lambda r: r["iteration"])
     curve, seconds = [], {}
     con = duckdb.connect()
     try:
@@ -186,8 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         subprocess.run(command, check=True)
         run = command[command.index("--run") + 1]
+        last = int(command[command.index("--num-steps") + 1])
         result["arms"][arm] = {"run": run, "wall_s": round(time.perf_counter() - start, 1),
-                               **run_summary(run, args.output_dir)}
+                               **run_summary(run, args.output_dir, last)}
         result["commands"][arm] = " ".join(command[1:])
     base = result["arms"].get("base", {}).get("curve", [None])[0]
     for arm, summary in result["arms"].items():
