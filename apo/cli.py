@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -126,8 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM (`kill`, `timeout`, a scheduler) ends the process as Ctrl-C does, by an exception: `finally`
+    blocks and atexit handlers run, so vLLM's EngineCore and worker processes and the temporary Prefect server
+    stop with us instead of living on as orphans. Inside a flow run Prefect's own handler takes the signal first,
+    marks the run crashed and re-sends it here."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         result = args.func(args)
     except (DataError, ValueError, FileNotFoundError) as e:

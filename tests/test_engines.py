@@ -280,3 +280,42 @@ def test_vllm_temporary_files_stay_out_of_stage_folders_and_socket_paths_fit(tmp
     assert not str(deep).startswith(str(tmp_path)) and vllm_cache_dir() == deep
     for cache in (short, deep):
         assert len(str(cache / "tmpdir")) + 1 + 36 <= 107
+
+
+@pytest.mark.vllm
+def test_sigterm_leaves_no_process_behind(embedded_model, tmp_path):
+    """`kill PID`, `timeout` and schedulers send SIGTERM to `apo train`: its children (vLLM's EngineCore and
+    worker, 2 GiB of KV cache and the model; the temporary Prefect server) must end with it, not be orphaned.
+    Without apo.cli's handler the Prefect server outlived the process (found by this test)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    cmd = [sys.executable, "-m", "apo.cli", "train", "--model", str(embedded_model), "--engine", "vllm",
+           "--run", "sigterm", "--num-steps", "1", "--eval-goals", "4", "--output-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            if any("VLLM" in " ".join(c.cmdline()) for c in children):
+                break
+            time.sleep(1)
+        assert proc.poll() is None, f"apo train ended (exit {proc.returncode}): {proc.stderr.read()[-2000:]}"
+        assert any("VLLM" in " ".join(c.cmdline()) for c in children), "no vLLM engine process within 240 s"
+        time.sleep(2)  # the engine's worker process starts just after the EngineCore
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"still running after SIGTERM: {[' '.join(p.cmdline())[:80] for p in alive]}"
+    finally:
+        proc.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()
