@@ -77,7 +77,7 @@ class Config:
     micro_batch_size: int = 4
     """Sequences per forward/backward (4 suits a CPU; on a GPU raise it until memory says stop: bench/train)."""
     gradient_checkpointing: bool = True
-    """Recompute activations in backward (8 x 512 tokens: 4.6 GiB instead of 6.8 GiB, about 16% slower)."""
+    """Recompute activations in backward (8 x 512 tokens: 4.6 GiB instead of 6.8 GiB, 16-19% slower in bench/train)."""
     bf16_autocast: bool = True
     """bf16 forwards over fp32 master weights; --no-bf16-autocast trains in fp32 (updates show at once)."""
     temperature: float = 0.9

@@ -85,11 +85,11 @@ def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, step
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def plain_logprobs(model):
-        gpu_ids = ids.to(device)
-        logits = F.log_softmax(model(input_ids=gpu_ids, attention_mask=mask.to(device)).logits.float(), dim=-1)
+        dev_ids = ids.to(device)
+        logits = F.log_softmax(model(input_ids=dev_ids, attention_mask=mask.to(device)).logits.float(), dim=-1)
         pos = torch.arange(seq_len - action_tokens - 1, seq_len - 1, device=device)
         picked = logits[:, pos]                                   # [B, A, V]
-        return picked.reshape(-1, picked.shape[-1]), gpu_ids[:, pos + 1].reshape(-1)
+        return picked.reshape(-1, picked.shape[-1]), dev_ids[:, pos + 1].reshape(-1)
 
     def step():
         if impl != "plain":
