@@ -187,9 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         subprocess.run(command, check=True)
         run = command[command.index("--run") + 1]
-        last = int(command[command.index("--num-steps") + 1])
+        steps = int(command[command.index("--num-steps") + 1])
         result["arms"][arm] = {"run": run, "wall_s": round(time.perf_counter() - start, 1),
-                               **run_summary(run, args.output_dir, last)}
+                               **run_summary(run, args.output_dir, steps)}
         result["commands"][arm] = " ".join(command[1:])
     base = result["arms"].get("base", {}).get("curve", [None])[0]
     for arm, summary in result["arms"].items():
