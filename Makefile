@@ -2,8 +2,9 @@
 # and `make test` (set up, then run the test suite). Both create .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The config of `make run` (fields of apo.config.Config as JSON); sized so one iteration takes minutes on a CPU.
-RUN_CONFIG ?= {"max_episode_steps": 8}
+# The config of `make run` (fields of stages.config.Config as JSON); sized so one iteration takes minutes on a CPU.
+# Each `make run` is one iteration, so its reference pass (A*-PO stage 1) covers that iteration's goals only.
+RUN_CONFIG ?= {"max_episode_steps": 8, "reference_block": 1}
 
 .PHONY: setup run test test-slow bench bench-learning
 setup: $(VENV)/.installed
@@ -37,6 +38,7 @@ bench: setup
 	$(PY) -m bench.env
 	$(PY) -m bench.rollout
 	$(PY) -m bench.train
+	$(PY) -m bench.iteration
 
 # The learning curve on the real WebShop data (about an hour on 2 cores; cached stages make a re-run resume).
 bench-learning: setup

@@ -53,6 +53,8 @@ def configure_prefect(root: str | None) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stages")  # stage logs (loss, tokens/s) in the UI
+    # A new home's database migrations can take longer than the default 20 s on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def train(args: argparse.Namespace) -> dict:

@@ -80,7 +80,7 @@ def run_summary(run: str, root: Path, last: int) -> dict:
 
     records = sorted((r for p in (root / "runs" / run).glob("iter=*/iteration.json")
                       if (r := json.loads(p.read_text()))["iteration"] <= last), key=lambda r: r["iteration"])
-    curve, seconds = [], {}
+    curve, seconds, counted = [], {}, set()
     con = duckdb.connect()
     try:
         for r in records:
@@ -88,8 +88,9 @@ def run_summary(run: str, root: Path, last: int) -> dict:
                 curve.append({**row, "iteration": r["iteration"], "eval": r["eval"]})
             for stage in ("sft", "reference", "rollout", "train", "eval"):
                 folder = r.get(stage)
-                if not folder or (stage == "sft" and r["iteration"] >= 1):
-                    continue  # every record names the warm start; it is counted with iteration 0
+                if not folder or folder in counted:
+                    continue  # every record names the warm start, and a block's iterations share its reference
+                counted.add(folder)
                 if stage in ("sft", "train"):
                     s = con.sql("SELECT sum(seconds) FROM read_parquet($p)",
                                 params={"p": str(Path(folder) / "train_metrics.parquet")}).fetchall()[0][0]

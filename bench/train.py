@@ -7,7 +7,8 @@ Run:
                                     [--out bench/results/train.json]
 
 Each implementation runs in its own subprocess (so each peak RSS is its own): the embedded SmolLM2-135M as
-the policy (fp32 master weights, AdamW, bf16 autocast, as stages/train.py trains) and a frozen copy as the
+the policy (fp32 master weights, AdamW, autocast to the dtype `--dtype auto` picks on the machine, as
+stages/train.py trains) and a frozen copy as the
 reference, `--sequences` right-padded sequences of `--seq-len` random tokens whose last `--action-tokens` are
 the "action" tokens, the weighted-SFT loss (weighted CE + 0.02 x KL over the vocabulary). One untimed warm-up
 step, then `--steps` timed optimizer steps. tokens/s counts every sequence token (what the forward processes).
@@ -65,6 +66,7 @@ def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, step
 
     import datasets
 
+    from policy.hardware import resolve_dtype, torch_dtype
     from stages.train import TrainParams, train_step
 
     torch.manual_seed(0)
@@ -95,7 +97,8 @@ def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, step
         if impl != "plain":
             return train_step(policy, ref, data, params, optimizer, pad_id=0)["loss"]
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        dtype = resolve_dtype("auto", device)
+        with torch.autocast(torch.device(device).type, dtype=torch_dtype(dtype), enabled=dtype != "float32"):
             lp, tgt = plain_logprobs(policy)
             with torch.no_grad():
                 rp, _ = plain_logprobs(ref)
@@ -162,7 +165,8 @@ def main() -> None:
     base = results["plain"] if "error" not in results["plain"] else done[0]
     on_gpu = args.device == "cuda"
     memory = "peak_cuda_mib" if on_gpu else "peak_rss_mib"
-    where = f"GPU ({base['gpu']})" if on_gpu else "CPU"
+    from policy.hardware import describe_machine, resolve_dtype
+    where = f"GPU ({base['gpu']})" if on_gpu else describe_machine("cpu")
     print(f"\n{args.sequences} sequences x {args.seq_len} tokens ({args.action_tokens} action tokens each), "
           f"{args.steps} timed steps, {args.model} on {where}; ours: micro-batches of {args.micro_batch_size}\n")
     print(f"| implementation | tokens/s | vs {base['impl']} | {'peak CUDA allocated' if on_gpu else 'peak RSS'} MiB "
@@ -179,8 +183,8 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "command": " ".join(sys.argv), "machine": {"python": platform.python_version(),
-                                                   "cpu": platform.processor() or platform.machine(),
-                                                   "gpu": base.get("gpu")},
+                                                   "cpu": describe_machine("cpu"), "gpu": base.get("gpu"),
+                                                   "dtype": resolve_dtype("auto", args.device)},
         "shape": dict(zip(("sequences", "seq_len", "action_tokens", "steps", "micro_batch_size", "home", "model",
                            "device"), shape)),
         "results": results}, indent=2))

@@ -1,9 +1,14 @@
 """Prefect flows: wiring only. Every task body is one call into `stages.pipeline` (plain, tested functions).
 
-    apo         one iteration: [sft] -> reference + rollout -> weights -> train -> eval (deployment
-                `apo/iteration`); sft runs once per run (cached after), only with `sft_demos`
-    apo-train   iteration 0 (the reference model's evaluation), then `num_steps` iterations of `apo` as
-                subflows (what `apo train` runs, in ephemeral mode)
+    apo         one iteration: [sft] -> rollout + reference -> weights -> train -> eval (deployment
+                `apo/iteration`); sft runs once per run, the reference once per block of iterations (cached
+                after), so an iteration's own work is rollout -> weights -> train -> eval
+    apo-train   iteration 0 (the reference model's evaluation and the first reference block), then
+                `num_steps` iterations of `apo` as subflows (what `apo train` runs, in ephemeral mode)
+
+Tasks run in the order that lets one engine serve consecutive samplers of the same checkpoint: the rollout of
+iteration i acts with the checkpoint that iteration i-1's evaluation just loaded, and precedes the reference
+block (a new block swaps to the reference model once).
 
 Prefect's result cache is off on purpose: the stages key their outputs by parameters, inputs and code, which
 Prefect's cache cannot see (changed files, edited helpers).
@@ -15,7 +20,7 @@ import base64
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from apo.config import Config
+from stages.config import Config
 from stages import pipeline
 
 
@@ -52,14 +57,15 @@ def evaluate(config: Config, iteration: int, train_dir: str | None, from_stage: 
 @flow(name="apo")
 def apo(config: Config | None = None, iteration: int | None = None, from_stage: str | None = None) -> dict:
     """One A*-PO iteration. `iteration` defaults to the next one (the last done one when replaying with
-    `from_stage`); `from_stage` in reference|rollout|weights|train|eval re-runs that stage and the ones after."""
+    `from_stage`); `from_stage` in sft|reference|rollout|weights|train|eval re-runs that stage and the ones
+    after it in that order."""
     config = config or Config()
     config.check()
     pipeline.check_run_config(config)
     i = pipeline.resolve_iteration(config, iteration, from_stage)
     warm = sft(config, from_stage)
-    ref = reference(config, i, from_stage)
     ro = rollout(config, i, from_stage)
+    ref = reference(config, i, from_stage)
     w = weights(config, i, ref, ro, from_stage)
     tr = train(config, i, w, ro, from_stage)
     ev = evaluate(config, i, tr, from_stage) if pipeline.eval_due(config, i) else None
@@ -85,9 +91,12 @@ def publish(config: Config, record: dict) -> None:
 
 @flow(name="apo-start")
 def start(config: Config) -> dict:
-    """Iteration 0: the warm start (if any) and the reference model's evaluation, where the curve starts."""
+    """Iteration 0: the warm start (if any) and the reference model's evaluation, where the curve starts; then,
+    with the reference model still loaded, the first reference block."""
     warm = sft(config, None)
     ev = evaluate(config, 0, None, None)
+    if config.num_steps:
+        reference(config, 1, None)
     record = pipeline.record_iteration(config, 0, {"sft": warm, "eval": ev})
     publish(config, record)
     return record

@@ -2,7 +2,7 @@
 # `prefect deployment run apo/iteration` end to end on this machine: a local Prefect server, the `apo` process
 # work pool, the deployment from prefect.yaml, one flow run executed by a worker that exits after it
 # (--run-once); the server is stopped on exit. Everything lives under the storage root ($APO_HOME).
-# Usage: scripts/prefect_iteration.sh ['{"max_episode_steps": 5}']   (a JSON object of apo.config.Config fields)
+# Usage: scripts/prefect_iteration.sh ['{"max_episode_steps": 5}']   (a JSON object of stages.config.Config fields)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export APO_PROJECT_DIR="$PWD"

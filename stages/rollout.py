@@ -171,9 +171,10 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
     if reuse_done(folder, stage, force, cached_only):
         return folder
     engine = engine_factory(checkpoint)
-    start = time.perf_counter()
+    start, stats_before = time.perf_counter(), engine_stats(engine)
     episodes, turns = run_episodes(engine, shop, requests, params, progress, demonstrator)
     seconds = time.perf_counter() - start
+    engine_work = {k: v - stats_before[k] for k, v in engine_stats(engine).items()}
     episode_rows, turn_rows = [], []
     for ep, ep_turns in zip(episodes, turns):
         episode_id = f"{run}/{stage}/{'' if iteration is None else iteration}/{ep['goal_idx']}/{ep['sample_idx']}"
@@ -183,7 +184,9 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
     summary = {"goals": len({g for g, _ in requests}), "episodes": len(episode_rows), "turns": len(turn_rows),
                "seconds": round(seconds, 2), "engine": engine.name,
                "mean_reward": sum(e["reward"] for e in episode_rows) / max(1, len(episode_rows)),
-               "completion_tokens": sum(e["completion_tokens"] for e in episode_rows),
+               "completion_tokens": sum(e["completion_tokens"] for e in episode_rows), "engine_stats": engine_work,
+               "prefix_cache_hit_rate": (engine_work["prefix_cache_hit_tokens"] / engine_work["prompt_tokens"]
+                                         if engine_work.get("prompt_tokens") else None),
                "end_reasons": {r: sum(e["end_reason"] == r for e in episode_rows)
                                for r in sorted({e["end_reason"] for e in episode_rows})}}
     manifest = {"stage": stage, "run": run, "iteration": iteration, "key": key, "params": key_params,
@@ -193,9 +196,16 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
         write_table(to_table(turn_rows, TURNS_SCHEMA), tmp / "turns.parquet")
         for name, table in (extra_tables(episode_rows) if extra_tables else {}).items():
             write_table(table, tmp / f"{name}.parquet")
-    log.info("%s: %d episodes, %d turns in %.1f s, mean reward %.3f -> %s", stage, len(episode_rows),
-             len(turn_rows), seconds, summary["mean_reward"], folder)
+    hits = summary["prefix_cache_hit_rate"]
+    log.info("%s: %d episodes, %d turns in %.1f s, mean reward %.3f, prefix-cache hits %s -> %s", stage,
+             len(episode_rows), len(turn_rows), seconds, summary["mean_reward"],
+             "n/a" if hits is None else f"{hits:.0%} of prompt tokens", folder)
     return folder
+
+
+def engine_stats(engine) -> dict[str, float]:
+    """The engine's counters (vllm: prompt tokens, prefix-cache hits, prefill/decode seconds); {} without."""
+    return engine.stats() if hasattr(engine, "stats") else {}
 
 
 def reference_samples(v_star_samples: int, adaptive: bool, position: int, total: int) -> int:

@@ -15,8 +15,10 @@ backward pass uses the exact gradient 2 * beta2 * (beta2 * Delta_e - A_e) * grad
 
 Memory: the body runs once per micro-batch; logits are computed only at action positions, in chunks of
 `logits_chunk` positions, never for the whole vocabulary x sequence (bench/train measures the difference).
-Master weights and AdamW state are fp32, the forward runs under bf16 autocast; the checkpoint keeps fp32
-weights (bf16 would round away updates of lr 5e-6) and `training_state.pt` (step, optimizer, RNG, config).
+Master weights and AdamW state are fp32; forwards run under autocast to `dtype` (`auto`: the dtype the hardware
+computes natively, policy/hardware.py; float32 runs without autocast; float16 adds loss scaling). The checkpoint
+keeps fp32 weights (bf16 would round away updates of lr 5e-6) and `training_state.pt` (step, optimizer, RNG,
+config).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import random
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 
 from tqdm import tqdm
 
+from policy.hardware import DTYPES, resolve_dtype, torch_dtype
 from storage.parquet import write_table
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
 
@@ -76,9 +79,10 @@ class TrainParams:
     """AdamW weight decay."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: far less memory for some speed (bench/train measures)."""
-    bf16_autocast: bool = True
-    """Run forwards under bf16 autocast (fp32 master weights). Off: fp32 throughout, so that updates smaller
-    than bf16's resolution (lr 5e-6) show in log pi - log pi_ref at once, at some speed cost."""
+    dtype: str = "auto"
+    """Compute dtype of training forwards over fp32 master weights: auto (bfloat16 where the hardware computes
+    it natively, else float32; float16 on pre-Ampere GPUs), float32, bfloat16 or float16. float32 shows
+    updates smaller than bf16's resolution (lr 5e-6) in log pi - log pi_ref at once."""
     seed: int = 0
     """Seeds torch before each step (models with dropout); the RNG state is saved for resumes."""
 
@@ -91,6 +95,8 @@ class TrainParams:
         for name in ("kl_coef", "beta2", "weight_decay", "batch_episodes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
 
 def load_train_data(turns: Path, weights: Path):
@@ -162,12 +168,15 @@ def _peak_mem_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: int) -> dict:
-    """One optimizer step over all rows of `data` (gradient accumulation over micro-batches)."""
+def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: int, scaler=None) -> dict:
+    """One optimizer step over all rows of `data` (gradient accumulation over micro-batches). `scaler`: the
+    stage's loss scaler (float16 only, see `loss_scaler`)."""
     device = next(policy.parameters()).device
     if params.objective == "weighted-sft" and params.kl_coef == 0:
         ref_model = None  # nothing uses the reference: skip its forward (a third of the step)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=params.bf16_autocast)
+    scaler = scaler or loss_scaler(params, device.type)
+    dtype = resolve_dtype(params.dtype, device.type)
+    autocast = torch.autocast(device.type, dtype=torch_dtype(dtype), enabled=dtype != "float32")
     data = data.to_list()
     episodes = sorted({r["episode_id"] for r in data})
     n_episodes = len(episodes)
@@ -215,19 +224,26 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
             loss = (2 * params.beta2 * residual * logp).sum() / n_episodes
             sums["kl"] += ((kl / per_ep_tokens).sum() / n_episodes).item()
             sums["ce"] += ((-logp / per_ep_tokens).sum() / n_episodes).item()
-        loss.backward()
+        scaler.scale(loss).backward()
     if params.objective == "apo":
         targets = {r["episode_id"]: r["apo_target"] for r in data}
         residuals = [params.beta2 * delta[e] - targets[e] for e in episodes]
         sums["loss"] = sum(x * x for x in residuals) / n_episodes
         sums["apo_residual"] = sum(residuals) / n_episodes
+    scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), params.grad_clip).item()
-    optimizer.step()
+    scaler.step(optimizer)  # float16: skipped (and logged as grad_norm inf) when a gradient overflowed
+    scaler.update()
     seconds = time.perf_counter() - start
     weights = {r["episode_id"]: r["weight"] for r in data}
     return {**sums, "mean_weight": sum(weights.values()) / n_episodes, "grad_norm": grad_norm,
             "sequences": len(data), "action_tokens": action_tokens, "tokens": tokens, "seconds": seconds,
             "tokens_per_s": tokens / seconds, "peak_mem_mb": _peak_mem_mb()}
+
+
+def loss_scaler(params: TrainParams, device_type: str):
+    """float16 gradients underflow without loss scaling; for other dtypes the scaler does nothing."""
+    return torch.amp.GradScaler(device_type, enabled=resolve_dtype(params.dtype, device_type) == "float16")
 
 
 def load_policy(checkpoint: Path, reference: Path, params: TrainParams):
@@ -239,7 +255,7 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams):
     policy = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).train()
     if params.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
-    # The reference runs exactly like the policy (fp32 weights, bf16 autocast), so KL is 0 at initialisation.
+    # The reference runs exactly like the policy (fp32 weights, same autocast), so KL is 0 at initialisation.
     ref_model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).to(device).eval()
     ref_model.requires_grad_(False)
     if policy.config.vocab_size != ref_model.config.vocab_size or \
@@ -301,6 +317,7 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
     `stage` is "train" (an iteration's update) or "sft" (the warm start on demonstrations, iteration None);
     `force` recomputes a done stage."""
     params.check()
+    params = replace(params, dtype=resolve_dtype(params.dtype))  # the key names the dtype that really ran
     inputs = {"checkpoint": str(checkpoint), "reference": str(reference), "weights": Path(weights_dir).name,
               "rollout": Path(rollout_dir).name}
     key = stage_key(asdict(params), inputs, code_version("stages/train.py", "stages/train_data.sql"))
@@ -312,11 +329,11 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
     torch.manual_seed(params.seed + step)
     pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
     steps = [b for epoch in range(params.epochs) for b in episode_batches(data["episode_id"], params, epoch)]
-    metrics = []
+    metrics, scaler = [], loss_scaler(params, next(policy.parameters()).device.type)
     bar = tqdm(steps, desc=stage, unit="step", disable=not progress, leave=False)
     for rows in bar:
         step += 1
-        m = train_step(policy, ref_model, data.select(rows), params, optimizer, pad_id)
+        m = train_step(policy, ref_model, data.select(rows), params, optimizer, pad_id, scaler)
         metrics.append({"step": step, "objective": params.objective, "lr": params.learning_rate, **m})
         bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
         log.info("%s step %d: loss %.4f ce %.4f kl %.5f apo_residual %.4f mean_weight %.3f grad_norm %.3f "

@@ -54,7 +54,8 @@ def compute_weights(reference: list[Path], rollout: list[Path], params: WeightsP
     try:
         v_star = con.sql((SQL_DIR / "weights_v_star.sql").read_text(),
                          params={"beta": params.beta, "format_penalty": params.format_penalty,
-                                 "reference": [str(p) for p in reference]}).to_arrow_table()
+                                 "reference": [str(p) for p in reference],
+                                 "rollout": [str(p) for p in rollout]}).to_arrow_table()
         con.register("v_star", v_star)
         weights = con.sql((SQL_DIR / "weights.sql").read_text(),
                           params={"adv_clip": params.adv_clip, "format_penalty": params.format_penalty,

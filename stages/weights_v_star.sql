@@ -3,10 +3,13 @@
 -- term is exactly 1, so nothing overflows and the log's argument is >= 1/n, even at beta = 0.01.
 -- Limits: beta -> 0 gives max(r) (the best sample); beta -> inf gives mean(r) (a plain baseline).
 -- r is the environment reward minus format_penalty per reply that held no action (0 by default).
+-- The reference table covers a block of iterations' goals (A*-PO stage 1 runs once per block): only the goals
+-- of this rollout are kept, so v_star and its diagnostics describe this iteration.
 WITH ref AS (
     SELECT goal_idx, success, reward,
            reward - $format_penalty * format_errors AS r
     FROM read_parquet($reference)
+    WHERE goal_idx IN (SELECT goal_idx FROM read_parquet($rollout))
 ),
 shifted AS (
     SELECT *, max(r) OVER (PARTITION BY goal_idx) AS m FROM ref

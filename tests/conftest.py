@@ -37,6 +37,35 @@ def embedded_model(tmp_path_factory):
     return resolve_model(EMBEDDED, tmp_path_factory.mktemp("home"))
 
 
+def tiny_random_model(base: Path, out: Path, seed: int) -> Path:
+    """A randomly initialised 2-layer model of `base`'s architecture (Llama, for SmolLM2) with its tokenizer, so
+    that the pipeline's mechanics (tables, keys, replay, resume, engines' lifetimes) run in seconds on any CPU.
+    Different seeds give different weights: two checkpoints whose samples tell them apart."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from stages.train import TOKENIZER_FILES
+
+    config = AutoConfig.from_pretrained(base)
+    # initializer_range 0.2 (10x the default): peaked next-token distributions, so two seeds sample differently
+    config.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=32, initializer_range=0.2))
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (base / name).is_file():
+            shutil.copy(base / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(embedded_model, tmp_path_factory):
+    """A tiny random model with the embedded model's architecture and tokenizer (pipeline mechanics)."""
+    return tiny_random_model(embedded_model, tmp_path_factory.mktemp("tiny") / "tiny-0", seed=0)
+
+
 @pytest.fixture(scope="session")
 def hf_engine(embedded_model):
     from policy.engines import HFEngine

@@ -4,8 +4,9 @@ Every completion's ids decode to its text, it ends right after the first token h
 end-of-turn token, or at `max_new_tokens`), and its log-probabilities are the raw model's: they are checked
 against an independent teacher-forced pass of transformers' model over prompt + completion.
 
-Tolerances: the model runs in bf16, whose 8-bit mantissa rounds a logit of magnitude 16-32 to a multiple of
-0.125. Two evaluation orders of the same network (incremental decoding with a KV cache over a left-padded batch,
+Tolerances: the engines and the teacher-forced pass run in the dtype `--dtype auto` picks here (float32 on a CPU
+without native bf16, else bf16); the tolerances are bf16's. Its 8-bit mantissa rounds a logit of magnitude 16-32
+to a multiple of 0.125, so two evaluation orders of the same network (incremental decoding with a KV cache over a left-padded batch,
 or vLLM's CPU kernels, against one full forward pass) therefore disagree on a log-probability by a few hundredths
 on average and by up to ~0.2 on single tokens (measured here: mean 0.02-0.07, max 0.19). We allow a pooled mean
 of 0.1 and a single-token maximum of 0.5 nats. What this catches (measured on the same prompts): logprobs one
@@ -22,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from policy.engines import STOP, Completion, Sampling, make_engine
+from policy.hardware import torch_dtype
 from policy.prompts import PromptConfig, encode_prompt, parse_action
 from webshop.env import Episode
 
@@ -78,10 +80,10 @@ def prompts(first_turns) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def teacher_forced(embedded_model):
-    """(prompt, completion) -> the log-softmax of transformers' own bf16 model (loaded here, not the engine's)
+    """(prompt, completion) -> the log-softmax of transformers' own model in the engines' dtype (loaded here)
     at each completion position, from one unpadded forward pass: [len(completion), vocab]. Memoised: CPU time
     is the budget of these tests."""
-    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch_dtype("auto")).eval()
     cache = {}
 
     def forward(prompt: list[int], completion: list[int]) -> torch.Tensor:
@@ -252,13 +254,27 @@ def test_vllm_logprobs_match_hf_teacher_forcing(vllm_runs, teacher_forced, run):
 
 @pytest.mark.vllm
 def test_vllm_greedy_agrees_with_hf_greedy(vllm_runs, hf_runs, prompts):
-    """Different bf16 kernels: the first few greedy tokens agree on most prompts, not necessarily all."""
+    """Different kernels (and in bf16 different roundings): the first few greedy tokens agree on most prompts,
+    not necessarily all."""
     batch, runs = vllm_runs
     assert batch[:len(prompts)] == prompts
     vllm_greedy = runs["greedy"][:len(prompts)]
     k = 4
     agree = sum(v.token_ids[:k] == h.token_ids[:k] for v, h in zip(vllm_greedy, hf_runs["greedy"]))
     assert agree >= len(prompts) - 1, ([v.text for v in vllm_greedy], [h.text for h in hf_runs["greedy"]])
+
+
+@pytest.mark.vllm
+def test_vllm_counts_prompt_tokens_and_prefix_cache_hits(vllm_engine, later_turn):
+    """stats() is what the rollout manifests and bench/iteration report: a prompt sent twice is served from the
+    prefix cache the second time, in whole 32-token blocks."""
+    before = vllm_engine.stats()
+    for _ in range(2):
+        vllm_engine.generate([later_turn], Sampling(0.0, 1.0, 4))
+    work = {k: v - before[k] for k, v in vllm_engine.stats().items()}
+    assert work["prompt_tokens"] == 2 * len(later_turn)
+    assert work["prefix_cache_hit_tokens"] >= (len(later_turn) - 1) // 32 * 32
+    assert work["generated_tokens"] >= 2 and work["prefill_seconds"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""One A*-PO iteration end to end through Prefect (test harness: a temporary Prefect API and database) on the
-real small model and the generated catalogue; replays that re-run only what changed; the SQL catalogue."""
+"""One A*-PO iteration end to end through Prefect (test harness: a temporary Prefect API and database) on a tiny
+random model of the embedded model's architecture and tokenizer (the mechanics, not the learning: that is
+bench/learning's) and the generated catalogue; replays that re-run only what changed; the SQL catalogue; reference
+blocks; one engine per checkpoint."""
 from __future__ import annotations
 
 import json
@@ -8,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from apo.config import Config
+from stages.config import Config
 from storage.catalog import query
 from storage.parquet import read_table
 from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA
@@ -23,12 +25,10 @@ def prefect():
 
 
 @pytest.fixture(scope="module")
-def config(embedded_model, tmp_path_factory):
-    # The embedded model is already converted in the session's root; a run of its own in a fresh root
-    # resolves the same checkpoint folder by path.
-    return Config(model=str(embedded_model), engine="hf", run="t", output_dir=str(tmp_path_factory.mktemp("home")),
+def config(tiny_model, tmp_path_factory):
+    return Config(model=str(tiny_model), engine="hf", run="t", output_dir=str(tmp_path_factory.mktemp("home")),
                   num_steps=1, batch_size=1, rollout_samples=2, v_star_samples=2, max_episode_steps=2,
-                  eval_goals=1, max_new_tokens=8, history_turns=1, micro_batch_size=4)
+                  eval_goals=1, max_new_tokens=8, history_turns=1, micro_batch_size=4, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_run_identity_cannot_change(first, config):
 def warm(prefect, config):
     from flows.apo import apo_train
 
-    # 8 steps: the oracle needs search, click, options and buy; the 135M model's replies stay 8 tokens.
+    # 8 steps: the oracle needs search, click, options and buy; the model's replies stay 8 tokens.
     warm_config = replace(config, run="warm", sft_demos=2, sft_epochs=1, sft_batch_episodes=1, max_episode_steps=8,
                           history_turns=0)
     return warm_config, apo_train(warm_config)
@@ -210,3 +210,55 @@ def test_num_steps_zero_runs_only_iteration_zero(prefect, config):
     record = pipeline.iteration_record(base, 0)
     assert record["sft"] is None and record["checkpoint"] == str(pipeline.base_model(base))
     assert read_table(Path(record["eval"]) / "eval.parquet")["iteration"].to_pylist() == [0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A*-PO stage 1 once per block of iterations; one engine per checkpoint
+
+def test_reference_block_is_sampled_once_for_its_iterations(prefect, config):
+    from flows.apo import apo_train
+    from stages import pipeline
+
+    blocked = replace(config, run="block", num_steps=3, reference_block=2, eval_frequency=1)
+    records = apo_train(blocked)
+    goals = [pipeline.goal_batch(blocked, i) for i in (1, 2, 3)]
+    assert records[0]["reference"] == records[1]["reference"] != records[2]["reference"]
+    first_block = read_table(Path(records[0]["reference"]) / "episodes.parquet").to_pylist()
+    assert sorted((e["goal_idx"], e["sample_idx"]) for e in first_block) == sorted(
+        (g, s) for g in goals[0] + goals[1] for s in range(blocked.v_star_samples))
+    for record, batch in zip(records, goals):  # V* and its diagnostics are of the iteration's own goals
+        assert read_table(Path(record["weights"]) / "v_star.parquet")["goal_idx"].to_pylist() == sorted(batch)
+    # engines: the reference model serves iteration 0's eval, the first block and rollout 1; then each new
+    # checkpoint serves its evaluation and the next rollout, and the second block swaps to pi_ref once
+    checkpoints = [str(pipeline.reference_model(blocked))] + [r["checkpoint"] for r in records]
+    loads = pipeline.ENGINE_LOADS[-5:]
+    assert loads == [checkpoints[0], checkpoints[1], checkpoints[2], checkpoints[0], checkpoints[3]], loads
+
+
+def test_a_new_checkpoint_gets_an_engine_that_samples_from_it(config, tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_random_model
+    from policy.engines import Sampling
+    from stages import pipeline
+
+    other = tiny_random_model(tiny_model, tmp_path / "tiny-1", seed=1)
+    factory = pipeline.engine_for(config)
+    prompt = factory(str(tiny_model)).tokenizer.encode("Instruction: buy a red shirt")
+    sampled = {}
+    for checkpoint in (tiny_model, other):
+        [c] = factory(str(checkpoint)).generate([prompt], Sampling(temperature=0, max_new_tokens=6))
+        sampled[checkpoint] = c
+    pipeline.release_engine()
+
+    def teacher_forced(checkpoint, c):
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + c.token_ids])).logits[0].log_softmax(-1)
+        return torch.tensor([logits[len(prompt) - 1 + i, t] for i, t in enumerate(c.token_ids)])
+
+    new = torch.tensor(sampled[other].logprobs)
+    assert (new - teacher_forced(other, sampled[other])).abs().max() < 1e-3     # the new weights' log-probs
+    assert (new - teacher_forced(tiny_model, sampled[other])).abs().max() > 0.5  # not the old ones'
+    assert sampled[other].token_ids != sampled[tiny_model].token_ids

@@ -143,6 +143,7 @@ def test_reference_manifest(reference):
     s = m["summary"]
     assert (s["goals"], s["episodes"], s["turns"]) == (2, len(eps), reference["turns"].num_rows)
     assert s["engine"] == "hf"
+    assert s["engine_stats"] == {} and s["prefix_cache_hit_rate"] is None  # transformers counts nothing
     assert s["completion_tokens"] == sum(e["completion_tokens"] for e in eps)
     assert math.isclose(s["mean_reward"], sum(e["reward"] for e in eps) / len(eps))
     assert s["end_reasons"] == {r: sum(e["end_reason"] == r for e in eps) for r in {e["end_reason"] for e in eps}}

@@ -93,7 +93,7 @@ def test_sft_stage_learns_the_demonstrated_actions(demos, embedded_model, genera
     small = demos_stage(generated_shop, demos["goals"][:3], params, embedded_model, run="s2",
                         inputs={"catalogue": "gen"}, root=tmp_path)
     data = load_train_data(small / "turns.parquet", small / "weights.parquet")
-    train = TrainParams(learning_rate=1e-4, kl_coef=0.0, epochs=1, batch_episodes=1, bf16_autocast=False,
+    train = TrainParams(learning_rate=1e-4, kl_coef=0.0, epochs=1, batch_episodes=1, dtype="float32",
                         gradient_checkpointing=False)
     folder = sft_stage(embedded_model, small, train, run="s2", root=tmp_path)
     assert folder.parent == tmp_path / "runs" / "s2" / "sft"

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from policy.hardware import resolve_dtype, torch_dtype
 from stages.train import (METRICS_SCHEMA, TRAINING_STATE, TrainParams, action_logprobs, load_policy,
                           load_train_data, train_stage, train_step)
 from stages.weights import WeightsParams, weights_stage
@@ -59,11 +60,20 @@ def ids_of(tok, text: str) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------
 # hand computations: one unpadded sequence at a time, full logits over the whole sequence
 # ---------------------------------------------------------------------------------------------------------
+# The dtype the stage trains in on this machine (TrainParams' default `auto`): float32 where the CPU has no native
+# bf16, else bf16 autocast. `autocast=True` below computes as the stage does.
+STAGE_DTYPE = resolve_dtype("auto", "cpu")
+
+
+def stage_autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch_dtype(STAGE_DTYPE), enabled=enabled and STAGE_DTYPE != "float32")
+
+
 def full_logprobs(model, prompt_ids, completion_ids, autocast=False):
     """(log pi of each completion token [c], full log-softmax at those positions [c, V]) from model(ids).logits."""
     ids = torch.tensor([prompt_ids + completion_ids])
     p, c = len(prompt_ids), len(completion_ids)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with stage_autocast(autocast):
         logits = model(input_ids=ids).logits
     logps = F.log_softmax(logits.float()[0, p - 1:p + c - 1], dim=-1)
     return logps.gather(1, ids[0, p:p + c, None])[:, 0], logps
@@ -192,8 +202,8 @@ def test_kl_is_zero_at_initialisation(loaded, tok):
 
     rows = varied_rows(tok)
     ids, mask, p_lens, c_lens = padded(rows, policy.config.pad_token_id)
-    for autocast in (False, True):  # fp32, and bf16 autocast as train_step runs it
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    for autocast in (False, True):  # fp32, and the autocast train_step runs
+        with torch.no_grad(), stage_autocast(autocast):
             logp, ref_logp, kl, row = action_logprobs(policy, ids, mask, p_lens, c_lens, 4, ref)
         assert logp.shape == ref_logp.shape == kl.shape == (sum(c_lens),)
         assert torch.equal(logp, ref_logp)
@@ -275,7 +285,7 @@ def test_weighted_sft_step_lowers_the_objective(loaded, tok, tmp_path):
         before, ce_before, _ = sft_objective(policy, ref, rows, w, params.kl_coef)
         same_autocast, ce_autocast, kl_autocast = sft_objective(policy, ref, rows, w, params.kl_coef, autocast=True)
     metrics = train_step(policy, ref, data, params, optimizer, policy.config.pad_token_id)
-    # the logged loss is the objective at the batch's start, computed as the stage computes it (bf16 autocast)
+    # the logged loss is the objective at the batch's start, computed as the stage computes it (its dtype)
     assert metrics["loss"] == pytest.approx(same_autocast.item(), rel=1e-3)
     assert metrics["ce"] == pytest.approx(ce_autocast.item(), rel=1e-3)
     assert abs(metrics["kl"]) < 1e-6 and abs(kl_autocast.item()) < 1e-6  # policy == reference before the step
@@ -317,8 +327,8 @@ def test_weights_steer_the_update(loaded, tok, tmp_path, high):
 # ---------------------------------------------------------------------------------------------------------
 def test_apo_loss_and_gradient_match_hand_computation(loaded, tok, tmp_path):
     """The apo step's logged loss and its gradient against torch.autograd on the hand-written loss.
-    Both use bf16 autocast as the stage does: against fp32 the log-ratios of this perturbed policy differ by
-    ~0.2 nats per episode (bf16 rounding), which would hide any real error."""
+    Both compute in the stage's dtype: with bf16 autocast, against fp32 the log-ratios of this perturbed policy
+    differ by ~0.2 nats per episode (bf16 rounding), which would hide any real error."""
     targets = {"ep-a": 0.3, "ep-b": -0.2, "ep-c": 0.05}
     data = make_data(tmp_path, tok, THREE_EPISODES, {e: (1.0, a) for e, a in targets.items()})
     rows = data.to_list()

@@ -45,7 +45,8 @@ def random_reward(rng) -> float:
 
 def random_batch(seed: int, n_goals: int = 6):
     """Reference: goals with 1..8 samples, rewards in {0, partial, 1}, some format errors; rollout: 1..4
-    samples of each goal (the last goal gets no rollout, like a goal that was not sampled this iteration)."""
+    samples of each goal (the last goal gets no rollout, like a goal of another iteration of the reference
+    block: it gets no V* row)."""
     rng = np.random.default_rng(seed)
     reference, rollout = [], []
     for g in range(n_goals):
@@ -67,7 +68,7 @@ def np_reference(reference: list[dict], rollout: list[dict], params: WeightsPara
     """(v_star rows by goal, weights rows by episode_id) computed in NumPy from the rows."""
     fp = params.format_penalty
     v_star = {}
-    for g in sorted({e["goal_idx"] for e in reference}):
+    for g in sorted({e["goal_idx"] for e in reference} & {e["goal_idx"] for e in rollout}):
         eps = [e for e in reference if e["goal_idx"] == g]
         r = np.array([e["reward"] - fp * e["format_errors"] for e in eps])
         v_star[g] = {"n_ref": len(eps), "ref_successes": sum(e["reward"] == 1.0 for e in eps),
@@ -116,7 +117,8 @@ def test_v_star_and_weights_match_numpy(tmp_path, seed, beta, format_penalty, ad
     want_v, want_w = np_reference(reference, rollout, params)
 
     got_v = by_key(v_star, "goal_idx")
-    assert v_star["goal_idx"].to_pylist() == sorted(want_v)  # one row per reference goal, in goal order
+    assert v_star["goal_idx"].to_pylist() == sorted(want_v)  # one row per rollout goal, in goal order
+    assert len(want_v) < len({e["goal_idx"] for e in reference})  # the block's other goals are left out
     for g, want in want_v.items():
         got = got_v[g]
         assert (got["n_ref"], got["ref_successes"]) == (want["n_ref"], want["ref_successes"])

