@@ -94,6 +94,7 @@ class Clock:
 
 
 def vllm_counters(llm) -> dict[str, float]:
+    """vLLM's counters, read here rather than through VLLMEngine.stats(): the code before the change has none."""
     names = {"vllm:request_prefill_time_seconds": "prefill_s", "vllm:request_decode_time_seconds": "decode_s",
              "vllm:prompt_tokens": "prompt_tokens", "vllm:prefix_cache_hits": "prefix_cache_hit_tokens",
              "vllm:generation_tokens": "generated_tokens"}
