@@ -329,7 +329,8 @@ def test_apo_loss_and_gradient_match_hand_computation(loaded, tok, tmp_path):
     """The apo step's logged loss and its gradient against torch.autograd on the hand-written loss.
     Both compute in the stage's dtype: with bf16 autocast, against fp32 the log-ratios of this perturbed policy
     differ by ~0.2 nats per episode (bf16 rounding), which would hide any real error."""
-    targets = {"ep-a": 0.3, "ep-b": -0.2, "ep-c": 0.05}
+    # targets well away from beta2 x the log-ratios (which fp32 puts within 0.05 of 0.3, -0.2, 0.05): a loss of ~1
+    targets = {"ep-a": 1.3, "ep-b": -1.2, "ep-c": 1.05}
     data = make_data(tmp_path, tok, THREE_EPISODES, {e: (1.0, a) for e, a in targets.items()})
     rows = data.to_list()
     assert [r["apo_target"] for r in rows] == [targets[r["episode_id"]] for r in rows]
@@ -426,8 +427,8 @@ def test_train_stage_checkpoint_and_resume(stage_inputs, embedded_model, tmp_pat
 
     state = torch.load(ckpt / TRAINING_STATE, weights_only=False)
     assert state["step"] == 1
-    assert (state["reference"], state["objective"], state["params"]) == (str(embedded_model), "weighted-sft",
-                                                                         asdict(params))
+    assert (state["reference"], state["objective"], state["params"]) == (
+        str(embedded_model), "weighted-sft", asdict(params) | {"dtype": STAGE_DTYPE})  # the dtype that ran
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {1}
     metrics = read_table(first / "train_metrics.parquet")
     assert metrics.schema.equals(METRICS_SCHEMA, check_metadata=False)
