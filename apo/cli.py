@@ -3,6 +3,8 @@
     apo baseline --policy {rule,oracle} --split test --num-goals 100 [--data DIR]
     apo train [--model M --num-steps N --batch-size B --beta 0.5 ...]    N iterations (Prefect, ephemeral mode)
     apo iteration [--iteration I] [--from-stage train] [config flags]   one iteration (the apo flow)
+    apo eval [--checkpoint DIR | --iteration I] [--split test] [--goals 250:500] [--temperature 0] [config flags]
+                                                                         one checkpoint's score and success rate
     apo sql "SELECT ..."                                                 query the run tables (DuckDB)
 """
 from __future__ import annotations
@@ -83,6 +85,25 @@ def iteration(args: argparse.Namespace) -> dict:
     return {k: record[k] for k in ("iteration", "rollout", "weights", "train", "eval", "checkpoint")}
 
 
+def _goal_range(text: str) -> tuple[int, int]:
+    start, sep, stop = text.partition(":")
+    try:
+        first, end = int(start), int(stop)
+    except ValueError:
+        first = end = -1
+    if not sep or not 0 <= first < end:
+        raise argparse.ArgumentTypeError(f"expected START:STOP goal indices with 0 <= START < STOP, got {text!r}")
+    return first, end
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict:
+    from apo.config import config_from_args
+    from stages.pipeline import eval_checkpoint
+    row = eval_checkpoint(config_from_args(args), args.checkpoint, args.iteration, args.split, args.goals)
+    return {k: row[k] for k in ("checkpoint", "split", "goals", "temperature", "n", "score", "score_ci",
+                                "success_rate", "success_ci", "folder")}
+
+
 def sql(args: argparse.Namespace) -> None:
     from storage.catalog import query
 
@@ -121,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--from-stage", choices=STAGES, default=None,
                     help="recompute this stage and the ones after it; earlier ones must be cached")
     it.set_defaults(func=iteration)
+    e = sub.add_parser("eval", help="score one checkpoint on goals of a split (tables under the run)")
+    add_config_arguments(e, {"temperature": 0.0})  # greedy unless asked: what the learning curve reports
+    e.set_defaults(func=evaluate_checkpoint)
+    e.add_argument("--checkpoint", default=None,
+                   help="checkpoint folder or model name (default: --model, or the run's --iteration)")
+    e.add_argument("--iteration", type=int, default=None, help="the checkpoint of this iteration of --run (0: its "
+                                                               "reference model)")
+    e.add_argument("--split", choices=SPLITS, default="test", help="test = goals 0-499, eval = 500-1499")
+    e.add_argument("--goals", type=_goal_range, default=None, help="START:STOP, goal indices within the split "
+                                                                   "(default: the whole split)")
     q = sub.add_parser("sql", help="query the run tables: episodes, turns, weights, v_star, diagnostics, "
                                    "train_metrics, eval, iterations")
     q.add_argument("query")

@@ -23,10 +23,11 @@ def field_docs(cls) -> dict[str, str]:
     return docs
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """One flag per Config field; `defaults` replaces some fields' defaults for this subcommand."""
     docs = field_docs(Config)
     for f in fields(Config):
-        flag, default = "--" + f.name.replace("_", "-"), f.default
+        flag, default = "--" + f.name.replace("_", "-"), (defaults or {}).get(f.name, f.default)
         help_text = f"{docs.get(f.name, '')} (default: {default})".replace("%", "%%")  # argparse formats help
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)

@@ -229,13 +229,12 @@ def vllm_replay(engine, calls: list[dict], temperature: float) -> dict:
 def warm_up(engine, shop, goal_indices: list[int], params) -> float:
     """One untimed-in-the-rollout call: 2 copies of the first-turn prompt of a goal outside the run, 8 tokens."""
     from policy.engines import Sampling
-    from policy.prompts import encode_prompt
+    from policy.prompts import Turn, encode_prompt
     from webshop.env import Episode
 
     taken = set(goal_indices)
     ep = Episode(shop, next(i for i in range(len(shop.goals)) if i not in taken), "text", params.max_episode_steps)
-    ids = encode_prompt(engine.tokenizer, ep.goal.instruction_text, ep.observation(), ep.available_actions(), [],
-                        params.prompt())
+    ids = encode_prompt(engine.tokenizer, Turn.of(ep), [], params.prompt())
     t = time.perf_counter()
     engine.generate([ids, ids], Sampling(params.temperature, params.top_p, 8, 12345))
     seconds = time.perf_counter() - t
@@ -304,7 +303,7 @@ def engine_worker(args) -> dict:
 
 def rule_workload(shop, goal_indices: list[int], samples: int, tokenizer, params) -> list[list[list[int]]]:
     """Per turn, the prompts of the live episodes when the scripted rule policy plays the requests."""
-    from policy.prompts import encode_prompt
+    from policy.prompts import Turn, encode_prompt
     from webshop.env import BatchEnv
     from webshop.policies import rule_policy
 
@@ -316,8 +315,7 @@ def rule_workload(shop, goal_indices: list[int], samples: int, tokenizer, params
         prompts, actions = [], {}
         for i in env.live():
             ep = env.episodes[i]
-            ids = encode_prompt(tokenizer, ep.goal.instruction_text, ep.observation(), ep.available_actions(),
-                                history[i], params.prompt())
+            ids = encode_prompt(tokenizer, Turn.of(ep), history[i], params.prompt())
             if ids is None:
                 ep.done = True
                 continue

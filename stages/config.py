@@ -89,6 +89,7 @@ class Config(TrainParams, WeightsParams, RolloutParams):
             raise ValueError(f"--sft-learning-rate must be > 0, got {self.sft_learning_rate}")
         if self.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {self.temperature}")
+        self.rollout_params().check()
         self.weights_params().check()
         self.train_params().check()
         self.sft_params().check()

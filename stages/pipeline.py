@@ -33,7 +33,7 @@ import logging
 import random
 import re
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -333,9 +333,42 @@ def run_eval(config: Config, iteration: int, train: str | None, from_stage: str 
     goals = list(shop(config).goals.split("test"))[:config.eval_goals]
     checkpoint = Path(train) / "checkpoint" if train else reference_model(config)
     return str(_stage("eval", from_stage, lambda force, cached_only: eval_stage(
-        engine_for(config), shop(config), goals, config.rollout_params(),
+        engine_for(config), shop(config), goals, replace(config.rollout_params(), temperature=0.0),
         run=config.run if train else shared_run(config), iteration=iteration, checkpoint=str(checkpoint),
         inputs=_inputs(config), root=config.output_dir, force=force, cached_only=cached_only)))
+
+
+def eval_checkpoint(config: Config, checkpoint: str | None = None, iteration: int | None = None,
+                    split: str = "test", goal_range: tuple[int, int] | None = None) -> dict:
+    """`apo eval`: one checkpoint on goals of a split, at the config's temperature (0: greedy); returns the eval
+    row with its folder. The checkpoint: a folder or model name, else iteration i of the run (0: its reference
+    model), else the config's model. The folder lives in the run (under iter=<i>/ when an iteration is named)."""
+    if checkpoint is not None and iteration is not None:
+        raise ValueError("give --checkpoint or --iteration, not both")
+    if iteration is not None:
+        record = iteration_record(config, iteration)
+        if record is None:
+            raise ValueError(f"run {config.run!r} has no iteration {iteration} (done: 0-{last_iteration(config)})")
+        path = Path(record["checkpoint"])
+        if not (path / "config.json").is_file():
+            raise ValueError(f"run {config.run!r}: the checkpoint of iteration {iteration} was pruned "
+                             f"(save_frequency {config.save_frequency})")
+    else:
+        path = resolve_model(checkpoint or config.model, config.output_dir)
+    in_split = list(shop(config).goals.split(split))
+    if not in_split:
+        raise ValueError(f"split {split!r} has no goals ({len(shop(config).goals)} goals in all)")
+    goals = in_split if goal_range is None else [g for g in in_split if goal_range[0] <= g < goal_range[1]]
+    if not goals:
+        raise ValueError(f"--goals {goal_range[0]}:{goal_range[1]} holds no goal of the {split} split "
+                         f"({in_split[0]}-{in_split[-1]})")
+    try:
+        folder = eval_stage(engine_for(config), shop(config), goals, config.rollout_params(), run=config.run,
+                            iteration=iteration, checkpoint=str(path), inputs=_inputs(config), split=split,
+                            root=config.output_dir)
+    finally:
+        release_engine()
+    return {**eval_row(str(folder)), "folder": str(folder)}
 
 
 def _stage(name: str, from_stage: str | None, call) -> Path:

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 from tqdm import tqdm
 
 from policy.engines import Completion, Sampling
-from policy.prompts import PromptConfig, encode_prompt, parse_action
+from policy.prompts import PromptConfig, Turn, encode_prompt, parse_action
 from storage.parquet import write_table
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
 from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA, to_table
-from webshop.env import BatchEnv, Shop
+from webshop.env import OBSERVATION_MODES, BatchEnv, Shop
 
 log = logging.getLogger(__name__)
 REWARD_PARTS = ("r_type", "r_att", "r_option", "r_price")
@@ -36,12 +36,21 @@ class RolloutParams:
     """Cap on one reply's tokens."""
     max_episode_steps: int = 15
     """Environment steps before an episode is cut (reward 0)."""
-    history_turns: int = 2
-    """Previous turns kept in the prompt."""
+    observation_mode: str = "text"
+    """Page text: text (upstream's [SEP]-joined page) or text_rich (one element a line, clicked ones marked)."""
+    history_turns: int = 0
+    """Previous turns (page and reply) kept in the prompt; the turn itself always lists the previous actions
+    (bench/prompts: with them, no oracle prompt is ambiguous at 0, and 2 costs 1.7x the tokens)."""
     max_prompt_tokens: int = 1536
     """Prompt budget; history is dropped from the oldest turn to fit."""
     seed: int = 0
     """Sampling seed of the stage."""
+
+    def check(self) -> None:
+        if self.observation_mode not in OBSERVATION_MODES:
+            raise ValueError(f"--observation-mode {self.observation_mode!r} is not one of {', '.join(OBSERVATION_MODES)}")
+        if self.history_turns < 0:
+            raise ValueError(f"--history-turns must be >= 0, got {self.history_turns}")
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(self.history_turns, self.max_prompt_tokens)
@@ -65,7 +74,7 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
     With a `demonstrator` (a `webshop.policies` policy) the scripted policy acts instead of the model and its
     actions are recorded as the model's replies (`demonstration`); `engine` then only lends its tokenizer.
     That is how oracle demonstrations become training rows with exactly the prompts a rollout would build."""
-    env = BatchEnv(shop, "text", params.max_episode_steps)
+    env = BatchEnv(shop, params.observation_mode, params.max_episode_steps)
     env.reset([g for g, _ in requests])
     live = [_Live(g, s) for g, s in requests]
     memories = [dict() for _ in requests]
@@ -75,9 +84,9 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
         positions, prompts, observations = [], [], {}
         for i in env.live():
             ep = env.episodes[i]
-            observations[i] = ep.observation()
-            ids = encode_prompt(engine.tokenizer, ep.goal.instruction_text, observations[i],
-                                ep.available_actions(), live[i].history, params.prompt())
+            turn_view = Turn.of(ep)
+            observations[i] = turn_view.observation
+            ids = encode_prompt(engine.tokenizer, turn_view, live[i].history, params.prompt())
             if ids is None:  # even the current turn alone does not fit: end it, keep what it did
                 ep.done, live[i].end_reason = True, "context"
                 bar.update()

@@ -7,6 +7,7 @@
     diagnostics    weights diagnostics (+ run, iteration)
     train_metrics  one row per optimizer step (+ run, iteration)
     eval           one row per evaluation (+ run); iteration 0 is the starting policy (`apo train`)
+    evaluations    every evaluation on disk (+ run): the iterations', superseded ones and `apo eval`'s
     iterations     run, iteration and the folders each stage used
 
 "Current" means the folders an iteration's `iteration.json` points to: a replay leaves the superseded
@@ -22,6 +23,7 @@ from pathlib import Path
 import duckdb
 
 from storage.layout import storage_root
+from storage.stages import MANIFEST
 
 # view -> (stage folder key in iteration.json, file name)
 SOURCES = {
@@ -49,6 +51,12 @@ def _files(records: list[dict], stage_keys: tuple[str, ...], name: str) -> list[
                 seen.add((folder, name))
                 files.append((r["run"], r["iteration"], str(Path(folder) / name)))
     return files
+
+
+def _done_evals(root: Path) -> list[Path]:
+    """eval.parquet of every finished eval folder: runs/<run>/eval/<key>/ and runs/<run>/iter=<i>/eval/<key>/."""
+    found = [*root.glob("runs/*/eval/*/eval.parquet"), *root.glob("runs/*/iter=*/eval/*/eval.parquet")]
+    return sorted(p for p in found if (p.parent / MANIFEST).is_file())
 
 
 def _view(con, view: str, files: list[tuple[str, int, str]], tag: str) -> None:
@@ -79,6 +87,8 @@ def build_catalog(root: str | Path | None = None) -> Path:
         _view(con, "turns", _files(records, ("reference", "rollout", "eval"), "turns.parquet"), tag="")
         for view, (stage, name) in SOURCES.items():
             _view(con, view, _files(records, (stage,), name), tag="run" if view == "eval" else "run,iteration")
+        _view(con, "evaluations", [(p.relative_to(root / "runs").parts[0], None, str(p)) for p in _done_evals(root)],
+              tag="run")
         rows = [(r["run"], r["iteration"], *(r.get(s) for s in ("reference", "rollout", "weights", "train", "eval")),
                  r["checkpoint"]) for r in records]
         con.execute("CREATE TABLE iterations (run VARCHAR, iteration INTEGER, reference VARCHAR, rollout VARCHAR, "

@@ -31,6 +31,8 @@ def _one_line_error(capsys, argv: list[str], *words: str) -> None:
     (["--sft-epochs", "0"], ["--sft-epochs", ">= 1"]),
     (["--sft-learning-rate", "0"], ["--sft-learning-rate", "> 0"]),
     (["--sft-batch-episodes", "0"], ["--sft-batch-episodes", ">= 1"]),
+    (["--observation-mode", "html"], ["--observation-mode", "'html'", "text_rich"]),
+    (["--history-turns", "-1"], ["--history-turns", ">= 0"]),
 ])
 def test_bad_flag_values_give_one_line(capsys, tmp_path, flags, words):
     _one_line_error(capsys, ["train", "--output-dir", str(tmp_path), *flags], *words)

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from policy.engines import STOP, Completion, Sampling, make_engine
 from policy.hardware import torch_dtype
-from policy.prompts import PromptConfig, encode_prompt, parse_action
+from policy.prompts import PromptConfig, Turn, encode_prompt, parse_action
 from webshop.env import Episode
 
 MEAN_TOL, MAX_TOL = 0.1, 0.5  # nats, see the module docstring
@@ -47,8 +47,7 @@ def first_turns(generated_shop, tokenizer) -> list[list[int]]:
     prompts = []
     for i in range(N_GOALS):
         ep = Episode(generated_shop, i * n // N_GOALS)
-        prompts.append(encode_prompt(tokenizer, ep.goal.instruction_text, ep.observation(), ep.available_actions(),
-                                     [], PromptConfig()))
+        prompts.append(encode_prompt(tokenizer, Turn.of(ep), [], PromptConfig()))
     return prompts
 
 
@@ -66,8 +65,8 @@ def later_turn(generated_shop, tokenizer) -> list[int]:
         assert ep.step(reply).info["valid"]
         history.append((obs, reply))
     assert ep.state.kind == "item"
-    return encode_prompt(tokenizer, ep.goal.instruction_text, ep.observation(), ep.available_actions(), history,
-                         PromptConfig())
+    return encode_prompt(tokenizer, Turn.of(ep), history,
+                         PromptConfig(history_turns=2))
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +298,7 @@ def test_vllm_temporary_files_stay_out_of_stage_folders_and_socket_paths_fit(tmp
 
 
 @pytest.mark.vllm
-def test_sigterm_leaves_no_process_behind(embedded_model, tmp_path):
+def test_sigterm_leaves_no_process_behind(tiny_model, tmp_path):
     """`kill PID`, `timeout` and schedulers send SIGTERM to `apo train`: its children (vLLM's EngineCore and
     worker, 2 GiB of KV cache and the model; the temporary Prefect server) must end with it, not be orphaned.
     Without apo.cli's handler the Prefect server outlived the process (found by this test)."""
@@ -310,8 +309,8 @@ def test_sigterm_leaves_no_process_behind(embedded_model, tmp_path):
 
     import psutil
 
-    cmd = [sys.executable, "-m", "apo.cli", "train", "--model", str(embedded_model), "--engine", "vllm",
-           "--run", "sigterm", "--num-steps", "1", "--eval-goals", "4", "--output-dir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "apo.cli", "train", "--model", str(tiny_model), "--engine", "vllm",
+           "--dtype", "float32", "--run", "sigterm", "--num-steps", "1", "--eval-goals", "4", "--output-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     children: list[psutil.Process] = []

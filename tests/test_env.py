@@ -298,6 +298,8 @@ def _assert_unchanged(ep: Episode, action: str) -> None:
     before_obs, before_actions, before_steps = ep.observation(), ep.available_actions(), ep.steps
     result = ep.step(action)
     assert result.info["valid"] is False, repr(action[:40])
+    reason = result.info["invalid_reason"]
+    assert reason and "\n" not in reason and len(reason) < 200 + len(action), repr(action[:40])
     assert result.reward == 0.0 and not result.done
     assert result.observation == before_obs
     assert ep.available_actions() == before_actions
@@ -325,6 +327,24 @@ def test_invalid_actions_change_nothing_on_any_page(shop, mode):
     ok(ep, "click[back to search]")
     for action in ["click[search]", "click[buy now]", "click[next >]", "click[back to search]"] + MALFORMED:
         _assert_unchanged(ep, action)  # start page
+
+
+@pytest.mark.parametrize("action, reason", [
+    ("", "no action: expected search[keywords] or click[one of the actions]"),
+    ("search[]", "no action: expected search[keywords] or click[one of the actions]"),
+    ("click[search]", "use search[keywords] to search"),
+    ("click[buy now]", "'buy now' is not clickable on this page"),
+    ("Click[Buy Now]", "unknown action 'Click': expected search or click"),
+    ("buy[it]", "unknown action 'buy': expected search or click"),
+])
+def test_an_invalid_action_says_why(shop, action, reason):
+    ep = Episode(shop, 0)
+    result = ep.step(action)
+    assert (result.info["valid"], result.info["invalid_reason"], ep.invalid_reason) == (False, reason, reason)
+    assert ep.actions == [action]
+    result = ep.step("search[shoes]")  # a valid action clears it
+    assert (result.info["valid"], result.info["invalid_reason"], ep.invalid_reason) == (True, None, None)
+    assert ep.actions == [action, "search[shoes]"]
 
 
 def test_malformed_actions_never_crash(shop):

@@ -262,3 +262,51 @@ def test_a_new_checkpoint_gets_an_engine_that_samples_from_it(config, tiny_model
     assert (new - teacher_forced(other, sampled[other])).abs().max() < 1e-3     # the new weights' log-probs
     assert (new - teacher_forced(tiny_model, sampled[other])).abs().max() > 0.5  # not the old ones'
     assert sampled[other].token_ids != sampled[tiny_model].token_ids
+
+
+def _cli_flags(config: Config) -> list[str]:
+    keep = ("model", "engine", "run", "output_dir", "max_episode_steps", "max_new_tokens", "history_turns", "dtype")
+    return [a for k in keep for a in ("--" + k.replace("_", "-"), str(getattr(config, k)))]
+
+
+def test_apo_eval_scores_any_checkpoint_on_a_goal_range(first, config, capsys):
+    """`apo eval`: the run's iteration 1 on test goals 2:5, greedy by default; one JSON line whose numbers are
+    those of the episodes it wrote; the same call again reuses them; a sampled evaluation is another one."""
+    from apo.cli import main
+    from webshop.metrics import score_ci, wilson
+
+    assert main(["eval", *_cli_flags(config), "--iteration", "1", "--goals", "2:5"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["checkpoint"], out["split"], out["goals"], out["temperature"], out["n"]) == (
+        first["checkpoint"], "test", "2:5", 0.0, 3)
+    episodes = read_table(Path(out["folder"]) / "episodes.parquet").to_pylist()
+    assert sorted(e["goal_idx"] for e in episodes) == [2, 3, 4]
+    rewards = [e["reward"] for e in episodes]
+    assert (out["score"], out["score_ci"]) == pytest.approx(score_ci(rewards))
+    assert out["success_rate"] == sum(e["success"] for e in episodes) / 3
+    assert out["success_ci"] == pytest.approx(wilson(sum(e["success"] for e in episodes), 3)[1])
+    assert Path(out["folder"]).parent.parent.name == "iter=0001"
+    mtime = _mtime(out["folder"])
+    assert main(["eval", *_cli_flags(config), "--iteration", "1", "--goals", "2:5"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["folder"] == out["folder"]
+    assert _mtime(out["folder"]) == mtime
+
+    # the base model (no run iteration) sampled on the eval split: a folder of the run outside its iterations
+    from stages.pipeline import shop
+    first_eval = list(shop(config).goals.split("eval"))[0]  # the generated catalogue's splits are scaled down
+    span = f"{first_eval}:{first_eval + 2}"
+    assert main(["eval", *_cli_flags(config), "--split", "eval", "--goals", span, "--temperature", "1.0"]) == 0
+    sampled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (sampled["checkpoint"], sampled["split"], sampled["temperature"], sampled["n"]) == (
+        config.model, "eval", 1.0, 2)
+    assert Path(sampled["folder"]).parent == Path(config.output_dir) / "runs" / config.run / "eval"
+    columns, rows = query("SELECT goals, temperature, n FROM evaluations ORDER BY goals", config.output_dir)
+    assert ("2:5", 0.0, 3) in rows and (span, 1.0, 2) in rows
+
+    for flags, words in [(["--goals", "600:700"], ["600:700", "test split"]),
+                         (["--iteration", "9"], ["no iteration 9"]),
+                         (["--iteration", "1", "--checkpoint", config.model], ["not both"]),
+                         (["--checkpoint", "/no/such/model"], ["/no/such/model"])]:
+        assert main(["eval", *_cli_flags(config), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(w in err for w in words), err

@@ -10,7 +10,8 @@ import string
 import pytest
 from transformers import AutoTokenizer
 
-from policy.prompts import (EXAMPLE_REPLY, EXAMPLE_TURN, SYSTEM_PROMPT, PromptConfig, encode_prompt, format_actions,
+from policy.prompts import (EXAMPLE_REPLY, EXAMPLE_TURN, SYSTEM_PROMPT, PromptConfig, Turn, encode_prompt,
+                            format_actions,
                             parse_action, turn_message)
 from webshop.env import Episode
 
@@ -135,7 +136,7 @@ def test_format_actions_lists_search_and_clicks():
 def test_prompt_uses_the_chat_template(tokenizer, episode):
     instruction, turns = episode
     obs, available, _ = turns[1]  # the results page: many clickables
-    ids = encode_prompt(tokenizer, instruction, obs, available, [], PromptConfig())
+    ids = encode_prompt(tokenizer, Turn(instruction, obs, available), [], PromptConfig())
     assert isinstance(ids, list) and all(isinstance(i, int) for i in ids)
     text = tokenizer.decode(ids)
     # the generation prompt of this model's template closes the prompt
@@ -154,13 +155,13 @@ def test_prompt_uses_the_chat_template(tokenizer, episode):
         assert f"click[{c}]" in text
     assert text.rstrip().endswith(opened[len(closed):].rstrip())
     assert "search[...]" not in text[text.index(f"Page: {obs}"):]  # no search box on a results page
-    assert turn_message(instruction, obs, available) in text
+    assert turn_message(Turn(instruction, obs, available)) in text
 
 
 def test_first_turn_offers_search(tokenizer, episode):
     instruction, turns = episode
     obs, available, _ = turns[0]
-    text = tokenizer.decode(encode_prompt(tokenizer, instruction, obs, available, [], PromptConfig()))
+    text = tokenizer.decode(encode_prompt(tokenizer, Turn(instruction, obs, available), [], PromptConfig()))
     assert text[text.index(f"Instruction: {instruction}"):].count("Actions: search[...]") == 1
 
 
@@ -180,7 +181,7 @@ def test_history_is_limited_to_the_last_turns(tokenizer, episode, history_turns,
     instruction, turns = episode
     obs, available, _ = turns[-1]
     config = PromptConfig(history_turns=history_turns, max_prompt_tokens=100_000)
-    ids = encode_prompt(tokenizer, instruction, obs, available, history_of(turns, MARKERS), config)
+    ids = encode_prompt(tokenizer, Turn(instruction, obs, available), history_of(turns, MARKERS), config)
     assert present(tokenizer, ids) == kept
 
 
@@ -191,7 +192,7 @@ def test_short_history_is_kept_whole(tokenizer, episode, history_turns, n_histor
     obs, available, _ = turns[-1]
     history = history_of(turns, MARKERS)[-n_history:]
     config = PromptConfig(history_turns=history_turns, max_prompt_tokens=100_000)
-    ids = encode_prompt(tokenizer, instruction, obs, available, history, config)
+    ids = encode_prompt(tokenizer, Turn(instruction, obs, available), history, config)
     assert present(tokenizer, ids) == [False] * (3 - n_history) + [True] * n_history
 
 
@@ -202,7 +203,7 @@ def test_oldest_turns_are_dropped_to_fit(tokenizer, episode):
 
     def encode(hist, budget=100_000):  # history_turns = the turns given: only the budget drops any
         config = PromptConfig(history_turns=len(hist), max_prompt_tokens=budget)
-        return encode_prompt(tokenizer, instruction, obs, available, hist, config)
+        return encode_prompt(tokenizer, Turn(instruction, obs, available), hist, config)
 
     full, two, one, none = encode(history), encode(history[1:]), encode(history[2:]), encode([])
     assert len(none) < len(one) < len(two) < len(full)
@@ -237,21 +238,111 @@ def results_pages(shop, goal_idx: int, n: int) -> tuple[str, list[tuple[str, dic
 
 
 def test_default_budget_drops_results_pages(tokenizer, generated_shop):
-    """Real long pages under the default config: three full result pages do not fit 1,536 tokens together."""
-    config = PromptConfig()
-    assert config.history_turns == 2 and config.max_prompt_tokens == 1536
+    """Real long pages under the default budget: three full result pages do not fit 1,536 tokens together."""
+    assert PromptConfig().history_turns == 0  # the default shows no past pages: the turn lists past actions
+    config = PromptConfig(history_turns=2)
+    assert config.max_prompt_tokens == 1536
     for goal_idx in range(20):
         instruction, pages = results_pages(generated_shop, goal_idx, 3)
         history = [(pages[0][0], MARKERS[1]), (pages[1][0], MARKERS[2])]
         obs, available = pages[2]
-        unbounded = encode_prompt(tokenizer, instruction, obs, available, history,
-                                  PromptConfig(max_prompt_tokens=100_000))
+        unbounded = encode_prompt(tokenizer, Turn(instruction, obs, available), history,
+                                  PromptConfig(history_turns=2, max_prompt_tokens=100_000))
         if len(unbounded) > config.max_prompt_tokens:  # the budget has to bite for this test to mean anything
             break
     else:
         raise AssertionError("no goal among the first 20 has three result pages over the default budget")
     assert len({obs for obs, _ in pages}) == 3
-    ids = encode_prompt(tokenizer, instruction, obs, available, history, config)
+    ids = encode_prompt(tokenizer, Turn(instruction, obs, available), history, config)
     assert ids is not None and len(ids) <= config.max_prompt_tokens
     assert present(tokenizer, ids) == [False, False, True]
     assert f"Page: {obs}" in tokenizer.decode(ids)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what the turn carries: previous actions, selected options, why the last action did nothing
+# ---------------------------------------------------------------------------------------------------------
+def option_goal(shop) -> int:
+    """A goal whose product has at least two option groups (so an item page can be seen before and after)."""
+    return next(g for g in range(len(shop.goals)) if len(shop.catalogue.product(shop.goal(g).asin).options) >= 2)
+
+
+def test_turn_lists_actions_marks_selected_options_and_says_why_an_action_did_nothing(generated_shop):
+    ep = Episode(generated_shop, option_goal(generated_shop), max_steps=100)
+    first = turn_message(Turn.of(ep))
+    assert "Previous actions: none" in first and "did nothing" not in first
+    assert ep.step(f"search[{ep.goal.instruction_without_price}]").info["valid"]
+    assert ep.step(f"click[{ep.goal.asin.lower()}]").info["valid"]
+    before = Turn.of(ep)
+    group, values = next(iter(ep.product.options.items()))
+    assert ep.step(f"click[{values[0]}]").info["valid"]
+    after = Turn.of(ep)
+    # text mode: the page reads the same before and after the click; the turn does not
+    assert before.observation == after.observation and turn_message(before) != turn_message(after)
+    assert after.selected == (values[0],) and f"click[{values[0]}] (selected)" in turn_message(after)
+    assert f"click[{values[0]}] (selected)" not in turn_message(before)
+    assert (f"Previous actions: search[{ep.goal.instruction_without_price}]; click[{ep.goal.asin.lower()}]; "
+            f"click[{values[0]}]\n") in turn_message(after)
+    # an invalid action: the page is unchanged, the turn says so and why; a valid one clears the line
+    result = ep.step("click[no such button]")
+    assert not result.info["valid"] and result.observation == after.observation
+    message = turn_message(Turn.of(ep))
+    assert "Last action click[no such button] did nothing: 'no such button' is not clickable on this page" in message
+    assert message.index("Previous actions") < message.index("did nothing") < message.index("Page: ")
+    ep.step("I would rather not")  # no action in the reply: the rollout passes ""
+    ep.step("")
+    assert "Last action (no action) did nothing: no action" in turn_message(Turn.of(ep))
+    assert "; (no action)\n" in turn_message(Turn.of(ep))
+    assert ep.step("click[< prev]").info["valid"] and "did nothing" not in turn_message(Turn.of(ep))
+
+
+def test_consecutive_prompts_of_an_episode_share_everything_before_the_page(tokenizer, generated_shop):
+    """Stable prefix: what repeats (system text, example, instruction, the growing action list) comes before the
+    page, so each turn's prompt starts with the previous turn's prompt up to the end of its action list."""
+    ep = Episode(generated_shop, option_goal(generated_shop), max_steps=100)
+    actions = [f"search[{ep.goal.instruction_without_price}]", f"click[{ep.goal.asin.lower()}]", "click[description]",
+               "click[< prev]"]
+    prompts = []
+    for action in actions:
+        prompts.append(tokenizer.decode(encode_prompt(tokenizer, Turn.of(ep), [], PromptConfig())))
+        assert ep.step(action).info["valid"]
+    for n, (earlier, later) in enumerate(zip(prompts[1:], prompts[2:]), start=1):
+        head = earlier[:earlier.rindex("\nPage: ")]  # the current turn's page (the example has one too)
+        assert head.endswith("Previous actions: " + "; ".join(actions[:n]))
+        assert later.startswith(head)
+
+
+def test_oracle_demonstrations_are_learnable_on_every_training_goal(real_shop):
+    """Over the oracle's episodes on all training goals, no two identical prompts (default settings) carry
+    different oracle actions; the page alone (the prompt before the turn carried state) does: an item page
+    reads the same before and after an option is clicked."""
+    from dataclasses import replace
+
+    from policy.prompts import build_messages
+    from stages.rollout import RolloutParams
+    from webshop.env import BatchEnv
+    from webshop.policies import oracle_policy
+
+    params = RolloutParams()
+    assert (params.observation_mode, params.history_turns) == ("text", 0)
+    goals = list(real_shop.goals.split("train"))
+    assert len(goals) == 5410
+    env = BatchEnv(real_shop, params.observation_mode, params.max_episode_steps)
+    env.reset(goals)
+    memories = [{} for _ in goals]
+    with_state, page_only = {}, {}
+    conflicts_with_state, conflicts_page_only = [], 0
+    while env.live():
+        actions = {}
+        for i in env.live():
+            turn = Turn.of(env.episodes[i])
+            actions[i] = oracle_policy(env.episodes[i], memories[i])
+            key = build_messages(turn, [])[-1]["content"]  # history_turns 0: the rest is the same for every prompt
+            if with_state.setdefault(key, actions[i]) != actions[i]:
+                conflicts_with_state.append((key, with_state[key], actions[i]))
+            bare = turn_message(replace(turn, selected=(), previous_actions=(), invalid_reason=None))
+            conflicts_page_only += page_only.setdefault(bare, actions[i]) != actions[i]
+        env.step(actions)
+    assert not conflicts_with_state, conflicts_with_state[:3]
+    assert conflicts_page_only > 1000
+    assert sum(e.state.reward == 1.0 for e in env.episodes) > 0.9 * len(goals)

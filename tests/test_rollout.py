@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from policy.prompts import encode_prompt, parse_action
+from policy.prompts import Turn, encode_prompt, parse_action
 from stages.rollout import RolloutParams, episode_requests, reference_samples, rollout_stage, run_episodes
 from storage.parquet import read_table, write_table
 from storage.stages import read_manifest, stage_output
@@ -64,8 +64,7 @@ def by_episode(turns_table) -> dict[str, list[dict]]:
 
 def first_prompt(tokenizer, shop, goal_idx) -> list[int]:
     ep = Episode(shop, goal_idx)
-    return encode_prompt(tokenizer, ep.goal.instruction_text, ep.observation(), ep.available_actions(), [],
-                         PARAMS.prompt())
+    return encode_prompt(tokenizer, Turn.of(ep), [], PARAMS.prompt())
 
 
 def read_stage(folder):
@@ -196,8 +195,7 @@ def test_records_replay_in_the_environment(reference, hf_engine, generated_shop)
             assert not ep.done
             assert ep.observation() == t["observation"]
             assert ep.state.kind == t["page"]
-            ids = encode_prompt(hf_engine.tokenizer, ep.goal.instruction_text, ep.observation(),
-                                ep.available_actions(), history, config)
+            ids = encode_prompt(hf_engine.tokenizer, Turn.of(ep), history, config)
             assert ids == t["prompt_ids"]  # the prompt the engine got is rebuilt from the recorded history
             result = ep.step(t["action"])
             assert result.info["valid"] == t["valid"]
@@ -462,8 +460,8 @@ def test_prompt_keeps_the_last_history_turns(history_turns, hf_engine, generated
     """history_turns = k keeps the last min(k, len(history)) turns, oldest dropped first."""
     history = [("PAGE-ONE", "search[first reply]"), ("PAGE-TWO", "click[second reply]")]
     ep = Episode(generated_shop, 0)
-    ids = encode_prompt(hf_engine.tokenizer, ep.goal.instruction_text, ep.observation(), ep.available_actions(),
-                        history, RolloutParams(history_turns=history_turns, max_prompt_tokens=4000).prompt())
+    ids = encode_prompt(hf_engine.tokenizer, Turn.of(ep), history,
+                        RolloutParams(history_turns=history_turns, max_prompt_tokens=4000).prompt())
     text = hf_engine.tokenizer.decode(ids)
     kept = history[len(history) - min(history_turns, len(history)):]
     for page, reply in history:

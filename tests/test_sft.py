@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from policy.prompts import encode_prompt
+from policy.prompts import Turn, encode_prompt
 from stages.rollout import RolloutParams
 from stages.sft import demos_stage, sft_stage
 from stages.train import TRAINING_STATE, TrainParams, action_logprobs, episode_batches, load_policy, \
@@ -44,8 +44,7 @@ def test_demonstrations_are_the_oracle_episodes_as_model_turns(demos, generated_
         ep, memory, history = Episode(generated_shop, e["goal_idx"], max_steps=PARAMS.max_episode_steps), {}, []
         for t in turns:
             assert ep.observation() == t["observation"]
-            assert t["prompt_ids"] == encode_prompt(tok, ep.goal.instruction_text, ep.observation(),
-                                                    ep.available_actions(), history, PARAMS.prompt())
+            assert t["prompt_ids"] == encode_prompt(tok, Turn.of(ep), history, PARAMS.prompt())
             action = oracle_policy(ep, memory)
             assert t["action"] == t["completion_text"] == action
             assert tok.decode(t["completion_ids"]) == action and t["completion_logprobs"] == [0.0] * len(
@@ -87,21 +86,26 @@ def _mean_action_logprob(checkpoint: Path, data) -> float:
     return total / n
 
 
-def test_sft_stage_learns_the_demonstrated_actions(demos, embedded_model, generated_shop, tmp_path):
+@pytest.mark.parametrize("model,learning_rate", [
+    ("tiny_model", 1e-3),                                                  # the stage's mechanics, in seconds
+    pytest.param("embedded_model", 1e-4, marks=pytest.mark.slow),          # the real model (3 minutes on 2 cores)
+])
+def test_sft_stage_learns_the_demonstrated_actions(demos, model, learning_rate, generated_shop, tmp_path, request):
+    model = request.getfixturevalue(model)
     # Two short successful demonstrations keep this fast: without history their prompts are one page each.
     params = RolloutParams(max_episode_steps=8, history_turns=0)
-    small = demos_stage(generated_shop, demos["goals"][:3], params, embedded_model, run="s2",
+    small = demos_stage(generated_shop, demos["goals"][:3], params, model, run="s2",
                         inputs={"catalogue": "gen"}, root=tmp_path)
     data = load_train_data(small / "turns.parquet", small / "weights.parquet")
-    train = TrainParams(learning_rate=1e-4, kl_coef=0.0, epochs=1, batch_episodes=1, dtype="float32",
+    train = TrainParams(learning_rate=learning_rate, kl_coef=0.0, epochs=1, batch_episodes=1, dtype="float32",
                         gradient_checkpointing=False)
-    folder = sft_stage(embedded_model, small, train, run="s2", root=tmp_path)
+    folder = sft_stage(model, small, train, run="s2", root=tmp_path)
     assert folder.parent == tmp_path / "runs" / "s2" / "sft"
     episodes = len(set(data["episode_id"]))
     metrics = read_table(folder / "train_metrics.parquet").to_pylist()
     assert [m["step"] for m in metrics] == list(range(1, episodes + 1))  # one step per demonstration episode
     assert all(m["kl"] == 0.0 for m in metrics)                          # kl_coef 0: no reference forward
-    before = _mean_action_logprob(embedded_model, data)
+    before = _mean_action_logprob(model, data)
     after = _mean_action_logprob(folder / "checkpoint", data)
     assert after > before + 0.05, (before, after)
 

@@ -401,13 +401,14 @@ def train_folders(root) -> list[Path]:
     return sorted(p for p in (Path(root) / "runs").rglob("train/*") if p.is_dir())
 
 
-def test_train_stage_checkpoint_and_resume(stage_inputs, embedded_model, tmp_path):
+def test_train_stage_checkpoint_and_resume(stage_inputs, tiny_model, tmp_path):
+    """The stage's mechanics (tables, checkpoint, resume, refusals) on a tiny model of the same architecture."""
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root, wdir, rdir = stage_inputs["root"], stage_inputs["weights"], stage_inputs["rollout"]
     params = TrainParams(learning_rate=1e-5, micro_batch_size=4)
-    first = train_stage(embedded_model, embedded_model, wdir, rdir, params, run=RUN, iteration=1, root=root)
+    first = train_stage(tiny_model, tiny_model, wdir, rdir, params, run=RUN, iteration=1, root=root)
     assert first.parent == root / "runs" / RUN / "iter=0001" / "train"
     assert sorted(p.name for p in first.iterdir()) == ["checkpoint", "manifest.json", "train_metrics.parquet"]
     assert not [p for p in root.rglob(".tmp-*")]
@@ -416,11 +417,11 @@ def test_train_stage_checkpoint_and_resume(stage_inputs, embedded_model, tmp_pat
     # a plain Hugging Face folder: model (fp32 weights, moved by the step) and tokenizer
     model = AutoModelForCausalLM.from_pretrained(ckpt)
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
-    assert tokenizer(PROMPTS[0])["input_ids"] == AutoTokenizer.from_pretrained(embedded_model)(PROMPTS[0])["input_ids"]
+    assert tokenizer(PROMPTS[0])["input_ids"] == AutoTokenizer.from_pretrained(tiny_model)(PROMPTS[0])["input_ids"]
     with safe_open(ckpt / "model.safetensors", "pt") as f:
         trained = f.get_tensor("model.layers.0.mlp.up_proj.weight")
     assert trained.dtype == torch.float32
-    original = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     assert not torch.equal(trained, original.model.layers[0].mlp.up_proj.weight)
     torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight.float(), trained)
     del model, original
@@ -428,7 +429,7 @@ def test_train_stage_checkpoint_and_resume(stage_inputs, embedded_model, tmp_pat
     state = torch.load(ckpt / TRAINING_STATE, weights_only=False)
     assert state["step"] == 1
     assert (state["reference"], state["objective"], state["params"]) == (
-        str(embedded_model), "weighted-sft", asdict(params) | {"dtype": STAGE_DTYPE})  # the dtype that ran
+        str(tiny_model), "weighted-sft", asdict(params) | {"dtype": STAGE_DTYPE})  # the dtype that ran
     assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {1}
     metrics = read_table(first / "train_metrics.parquet")
     assert metrics.schema.equals(METRICS_SCHEMA, check_metadata=False)
@@ -436,15 +437,15 @@ def test_train_stage_checkpoint_and_resume(stage_inputs, embedded_model, tmp_pat
     assert (m["step"], m["objective"], m["lr"], m["sequences"]) == (1, "weighted-sft", 1e-5, 4)
     manifest = json.loads((first / "manifest.json").read_text())
     assert manifest["summary"]["step"] == 1 and manifest["key"] == first.name
-    assert manifest["inputs"]["checkpoint"] == str(embedded_model)
+    assert manifest["inputs"]["checkpoint"] == str(tiny_model)
 
     # done: the same call returns the folder without training again
     mtime = (ckpt / TRAINING_STATE).stat().st_mtime_ns
-    assert train_stage(embedded_model, embedded_model, wdir, rdir, params, run=RUN, iteration=1, root=root) == first
+    assert train_stage(tiny_model, tiny_model, wdir, rdir, params, run=RUN, iteration=1, root=root) == first
     assert (ckpt / TRAINING_STATE).stat().st_mtime_ns == mtime
 
     # the next iteration starts from the checkpoint and resumes its step and optimizer
-    second = train_stage(ckpt, embedded_model, wdir, rdir, params, run=RUN, iteration=2, root=root)
+    second = train_stage(ckpt, tiny_model, wdir, rdir, params, run=RUN, iteration=2, root=root)
     state2 = torch.load(second / "checkpoint" / TRAINING_STATE, weights_only=False)
     assert state2["step"] == 2
     assert {int(s["step"]) for s in state2["optimizer"]["state"].values()} == {2}  # Adam moments carried over
@@ -453,7 +454,7 @@ def test_train_stage_checkpoint_and_resume(stage_inputs, embedded_model, tmp_pat
 
     # a checkpoint trained against another reference (another path string to the same model) is refused
     other = tmp_path / "other-reference"
-    other.symlink_to(embedded_model, target_is_directory=True)
+    other.symlink_to(tiny_model, target_is_directory=True)
     folders = train_folders(root)
     with pytest.raises(ValueError, match="reference") as e:
         train_stage(ckpt, other, wdir, rdir, params, run=RUN, iteration=3, root=root)
@@ -462,7 +463,7 @@ def test_train_stage_checkpoint_and_resume(stage_inputs, embedded_model, tmp_pat
     assert not [p for p in root.rglob(".tmp-*")]
     # ... and so is one trained with another objective
     with pytest.raises(ValueError, match="objective") as e:
-        load_policy(ckpt, embedded_model, TrainParams(objective="apo"))
+        load_policy(ckpt, tiny_model, TrainParams(objective="apo"))
     assert "\n" not in str(e.value)
 
 

@@ -27,6 +27,17 @@ def parse_action(action: str) -> tuple[str, str | None]:
     return (action, None) if m is None else (m.group(1), m.group(2))
 
 
+def invalid_reason(name: str, arg: str | None) -> str:
+    """Why an action changed nothing, in one line (ours: upstream only returns the same page)."""
+    if arg is None:
+        return "no action: expected search[keywords] or click[one of the actions]"
+    if name == "click" and arg == "search":
+        return "use search[keywords] to search"
+    if name == "click":
+        return f"'{arg}' is not clickable on this page"
+    return f"unknown action '{name}': expected search or click"
+
+
 class Shop:
     """Catalogue + goals + search: built once, shared by every episode (read-only while stepping)."""
 
@@ -50,7 +61,7 @@ class StepResult:
     observation: str
     reward: float
     done: bool
-    info: dict = field(default_factory=dict)  # valid, page, end_reason, reward_info (on buy)
+    info: dict = field(default_factory=dict)  # valid, invalid_reason, page, end_reason, reward_info (on buy)
 
 
 class Episode:
@@ -67,6 +78,8 @@ class Episode:
         self.session_id = str(goal_idx)
         self.state = PageState()
         self.steps, self.done, self.end_reason = 0, False, None
+        self.actions: list[str] = []  # every action taken, in order
+        self.invalid_reason: str | None = None  # why the last action changed nothing (None: it was valid)
 
     @property
     def instruction_text(self) -> str:
@@ -99,12 +112,15 @@ class Episode:
             reward = self._click(arg, targets[arg])
         else:
             valid = False  # upstream: nothing changes, the same page is observed again
+        self.actions.append(action)
+        self.invalid_reason = None if valid else invalid_reason(name, arg)
         self.steps += 1
         if self.state.kind == "done":
             self.done, self.end_reason = True, "bought"
         elif self.steps >= self.max_steps:
             self.done, self.end_reason, reward = True, "step_cap", 0.0
-        info = {"valid": valid, "page": self.state.kind, "end_reason": self.end_reason,
+        info = {"valid": valid, "invalid_reason": self.invalid_reason, "page": self.state.kind,
+                "end_reason": self.end_reason,
                 "reward_info": self.state.reward_info if self.end_reason == "bought" else None}
         return StepResult(self.observation(), reward, self.done, info)
 
