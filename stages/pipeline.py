@@ -202,18 +202,21 @@ def reference_model(config: Config) -> Path:
     return Path(run_sft(config)) / "checkpoint" if config.sft_demos else base_model(config)
 
 
-def policy_checkpoint(config: Config, iteration: int) -> Path:
-    """The checkpoint iteration i acts with and trains from."""
-    if iteration == 1:
-        return reference_model(config)
-    record = iteration_record(config, iteration - 1)
+def iteration_checkpoint(config: Config, iteration: int) -> Path:
+    """The checkpoint iteration i ended with (0: the reference model); one clear line if not done or pruned."""
+    record = iteration_record(config, iteration)
     if record is None:
-        raise ValueError(f"run {config.run!r}: iteration {iteration - 1} is not done; run it first")
+        raise ValueError(f"run {config.run!r}: iteration {iteration} is not done (done: 0-{last_iteration(config)})")
     checkpoint = Path(record["checkpoint"])
     if not (checkpoint / "config.json").is_file():
-        raise ValueError(f"run {config.run!r}: the checkpoint of iteration {iteration - 1} was pruned "
-                         f"(save_frequency {config.save_frequency}); replay from a kept iteration")
+        raise ValueError(f"run {config.run!r}: the checkpoint of iteration {iteration} was pruned "
+                         f"(save_frequency {config.save_frequency}); use a kept iteration")
     return checkpoint
+
+
+def policy_checkpoint(config: Config, iteration: int) -> Path:
+    """The checkpoint iteration i acts with and trains from."""
+    return reference_model(config) if iteration == 1 else iteration_checkpoint(config, iteration - 1)
 
 
 def _inputs(config: Config) -> dict[str, str]:
@@ -345,16 +348,8 @@ def eval_checkpoint(config: Config, checkpoint: str | None = None, iteration: in
     model), else the config's model. The folder lives in the run (under iter=<i>/ when an iteration is named)."""
     if checkpoint is not None and iteration is not None:
         raise ValueError("give --checkpoint or --iteration, not both")
-    if iteration is not None:
-        record = iteration_record(config, iteration)
-        if record is None:
-            raise ValueError(f"run {config.run!r} has no iteration {iteration} (done: 0-{last_iteration(config)})")
-        path = Path(record["checkpoint"])
-        if not (path / "config.json").is_file():
-            raise ValueError(f"run {config.run!r}: the checkpoint of iteration {iteration} was pruned "
-                             f"(save_frequency {config.save_frequency})")
-    else:
-        path = resolve_model(checkpoint or config.model, config.output_dir)
+    path = (iteration_checkpoint(config, iteration) if iteration is not None
+            else resolve_model(checkpoint or config.model, config.output_dir))
     in_split = list(shop(config).goals.split(split))
     if not in_split:
         raise ValueError(f"split {split!r} has no goals ({len(shop(config).goals)} goals in all)")

@@ -304,7 +304,7 @@ def test_apo_eval_scores_any_checkpoint_on_a_goal_range(first, config, capsys):
     assert ("2:5", 0.0, 3) in rows and (span, 1.0, 2) in rows
 
     for flags, words in [(["--goals", "600:700"], ["600:700", "test split"]),
-                         (["--iteration", "9"], ["no iteration 9"]),
+                         (["--iteration", "9"], ["iteration 9 is not done"]),
                          (["--iteration", "1", "--checkpoint", config.model], ["not both"]),
                          (["--checkpoint", "/no/such/model"], ["/no/such/model"])]:
         assert main(["eval", *_cli_flags(config), *flags]) == 2
