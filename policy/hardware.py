@@ -9,7 +9,10 @@ and slow: on a CPU without avx512_bf16 / AMX a bf16 matmul runs about 3x slower 
     CPU with avx512_bf16, amx_bf16 (Cooper Lake, SPR)  bfloat16   native bf16 dot products
     any other CPU                                      float32    bf16 would be converted in software
 
-The choice applies to the generation engines and to training (autocast over fp32 master weights).
+The choice applies to training (autocast over fp32 master weights) and to the generation engines, except that
+an engine samples a model under 1B parameters in float32 (`engine_dtype`): the trainer writes fp32 weights, and
+in bf16 the engine would act with them rounded to 8 bits of mantissa, where an update of 1e-5 to a weight of
+0.02 (a tenth of its bf16 step) vanishes, so the policy that samples would still be the old one.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # Flags worth naming next to a CPU timing: what decides the speed of its matmuls.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+SMALL_MODEL_PARAMS = 1_000_000_000  # below this an engine samples in fp32 (`engine_dtype`)
 
 
 @lru_cache(maxsize=1)
@@ -89,6 +93,35 @@ def resolve_dtype(dtype: str, device: str | None = None) -> str:
     chosen, why = auto_dtype(device)
     _log_choice(chosen, why)
     return chosen
+
+
+def checkpoint_params(checkpoint) -> int | None:
+    """Parameters stored in a checkpoint folder's safetensors files (headers only); None without any."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+    files = sorted(Path(checkpoint).glob("*.safetensors"))
+    total = 0
+    for path in files:
+        with safe_open(path, "pt") as f:
+            for name in f.keys():
+                count = 1
+                for size in f.get_slice(name).get_shape():
+                    count *= size
+                total += count
+    return total if files else None
+
+
+def engine_dtype(dtype: str, checkpoint, device: str | None = None, small: int = SMALL_MODEL_PARAMS) -> str:
+    """An engine's dtype for `checkpoint`: `auto` is float32 for a model under `small` parameters (the engine
+    then samples from exactly the weights the trainer wrote; see the top of this module), else `resolve_dtype`."""
+    if dtype == "auto":
+        params = checkpoint_params(checkpoint)
+        if params is not None and params < small:
+            _log_choice("float32", f"engine: {params / 1e6:.0f}M parameters < {small / 1e9:g}B: it samples from "
+                                   "the trainer's fp32 weights unrounded")
+            return "float32"
+    return resolve_dtype(dtype, device)
 
 
 @lru_cache(maxsize=None)

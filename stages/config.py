@@ -25,7 +25,8 @@ class Config(TrainParams, WeightsParams, RolloutParams):
     dtype: str = "auto"
     """Compute dtype of the engine and of training forwards (fp32 master weights): auto = bfloat16 where the
     hardware computes it natively (CUDA >= 8.0, CPUs with avx512_bf16/AMX), float16 on older GPUs, else
-    float32; or float32, bfloat16, float16. The choice and its reason are logged."""
+    float32 (and float32 for an engine of a model under 1B parameters: it samples from the trainer's fp32 weights);
+    or float32, bfloat16, float16. The choice and its reason are logged."""
     run: str = "default"
     """Run name: its tables live under runs/<run>/ of the storage root."""
     output_dir: str | None = None

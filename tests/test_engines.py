@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from policy.engines import STOP, Completion, Sampling, make_engine
-from policy.hardware import torch_dtype
+from policy.hardware import engine_dtype, torch_dtype
 from policy.prompts import PromptConfig, Turn, encode_prompt, parse_action
 from webshop.env import Episode
 
@@ -82,7 +82,8 @@ def teacher_forced(embedded_model):
     """(prompt, completion) -> the log-softmax of transformers' own model in the engines' dtype (loaded here)
     at each completion position, from one unpadded forward pass: [len(completion), vocab]. Memoised: CPU time
     is the budget of these tests."""
-    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch_dtype("auto")).eval()
+    dtype = torch_dtype(engine_dtype("auto", embedded_model))
+    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=dtype).eval()
     cache = {}
 
     def forward(prompt: list[int], completion: list[int]) -> torch.Tensor:

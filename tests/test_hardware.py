@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from policy.hardware import BF16_CPU_FLAGS, auto_dtype, cpu_info, describe_machine, resolve_dtype
+from policy.hardware import (BF16_CPU_FLAGS, auto_dtype, checkpoint_params, cpu_info, describe_machine, engine_dtype,
+                             resolve_dtype)
 from stages.config import Config
 
 
@@ -36,6 +37,20 @@ def test_this_machine(caplog):
     assert resolve_dtype("float16", "cpu") == "float16"  # an explicit dtype is taken as given
     line = describe_machine("cpu")
     assert ("no native bf16" in line) != native and "cores" in line
+
+
+def test_an_engine_samples_a_small_model_in_fp32(tiny_model, embedded_model, tmp_path):
+    """The trainer writes fp32 weights; an engine of a model under 1B parameters samples in fp32 whatever the
+    hardware (in bf16 a 1e-5 update would mostly round away); a larger one takes the hardware's choice."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert checkpoint_params(tiny_model) == sum(p.numel() for p in model.parameters())
+    assert 134e6 < checkpoint_params(embedded_model) < 135e6  # SmolLM2-135M (tied embeddings stored once)
+    assert engine_dtype("auto", tiny_model) == engine_dtype("auto", embedded_model) == "float32"
+    assert engine_dtype("bfloat16", tiny_model) == "bfloat16"  # an explicit dtype is taken as given
+    assert engine_dtype("auto", tiny_model, "cpu", small=1000) == resolve_dtype("auto", "cpu")  # "large"
+    assert checkpoint_params(tmp_path) is None and engine_dtype("auto", tmp_path, "cpu") == resolve_dtype("auto", "cpu")
 
 
 def test_unknown_dtype_is_one_line():
