@@ -29,6 +29,9 @@ ALL_NEGATIVE_ADVICE = ("every rollout did worse than V*: check the share of vali
                        "raise --temperature")
 
 
+ADV_NORMS = ("batch", "goal")
+
+
 @dataclass(frozen=True)
 class WeightsParams:
     beta: float = 0.5
@@ -37,8 +40,14 @@ class WeightsParams:
     """Normalised advantages are clipped to +-adv_clip; > 0."""
     format_penalty: float = 0.0
     """Subtracted from the reward once per reply that held no action (0: no penalty)."""
+    adv_norm: str = "batch"
+    """Advantages are normalised over the batch (the seed's rule) or over each goal's episodes (goal)."""
+    skip_degenerate: bool = False
+    """Weight 0 (no imitation) for the episodes of a normalisation group whose advantages are all equal."""
 
     def check(self) -> None:
+        if self.adv_norm not in ADV_NORMS:
+            raise ValueError(f"adv-norm {self.adv_norm!r} is not one of {', '.join(ADV_NORMS)}")
         for name in ("beta", "adv_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -59,6 +68,7 @@ def compute_weights(reference: list[Path], rollout: list[Path], params: WeightsP
         con.register("v_star", v_star)
         weights = con.sql((SQL_DIR / "weights.sql").read_text(),
                           params={"adv_clip": params.adv_clip, "format_penalty": params.format_penalty,
+                                  "adv_norm": params.adv_norm, "skip_degenerate": params.skip_degenerate,
                                   "rollout": [str(p) for p in rollout]}).to_arrow_table()
     except duckdb.Error as e:  # a missing or corrupt episodes table: one line naming the inputs
         raise ValueError(f"weights over {[str(p) for p in reference + rollout]}: "
@@ -102,7 +112,8 @@ def weights_stage(reference_dir: Path, rollout_dir: Path, params: WeightsParams,
                     row["value"], row["advice"])
     summary = {"episodes": weights.num_rows, "goals": v_star.num_rows,
                "mean_weight": _mean(weights["weight"]), "mean_advantage": _mean(weights["advantage"]),
-               "mean_v_star": _mean(v_star["v_star"]), "diagnostics": diagnostics.num_rows}
+               "mean_v_star": _mean(v_star["v_star"]), "diagnostics": diagnostics.num_rows,
+               "skipped_episodes": sum(w == 0.0 for w in weights["weight"].to_pylist())}
     manifest = {"stage": "weights", "run": run, "iteration": iteration, "key": key, "params": asdict(params),
                 "inputs": inputs, "summary": summary}
     with stage_output(folder, manifest) as tmp:

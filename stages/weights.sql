@@ -1,8 +1,11 @@
 -- Per-episode weights of one iteration's rollout, the seed's rule:
 --   advantage = r - V*(goal); adv_norm = clip((adv - mean) / (std + 1e-6), -adv_clip, adv_clip) over the batch;
 --   weight = clamp(adv_norm + 1, 0.1, 5.0).
--- std is the sample standard deviation (torch's default); with one episode in the batch it is undefined and
+-- std is the sample standard deviation (torch's default); with one episode in the group it is undefined and
 -- adv_norm = adv - mean (= 0), as in the seed. `v_star` is the table computed by weights_v_star.sql.
+-- $adv_norm = 'goal' normalises over each goal's episodes instead of the batch (a goal's samples are compared
+-- with each other only). $skip_degenerate gives weight 0 to the episodes of a group whose advantages are all
+-- equal (within 1e-9): none of them is better than the others, yet the seed's rule gives each weight 1.
 WITH episodes AS (
     SELECT e.episode_id, e.goal_idx, e.sample_idx, e.reward, e.format_errors,
            e.reward - $format_penalty * e.format_errors AS r, v.v_star
@@ -10,18 +13,25 @@ WITH episodes AS (
     LEFT JOIN v_star AS v USING (goal_idx)
 ),
 advantages AS (
-    SELECT *, r - v_star AS advantage FROM episodes
+    SELECT *, r - v_star AS advantage,
+           CASE WHEN $adv_norm = 'goal' THEN goal_idx ELSE -1 END AS norm_group
+    FROM episodes
 ),
 normalised AS (
     SELECT *,
-           CASE WHEN count(*) OVER () > 1
-                THEN (advantage - avg(advantage) OVER ()) / (stddev_samp(advantage) OVER () + 1e-6)
-                ELSE advantage - avg(advantage) OVER ()
-           END AS adv_raw_norm
+           CASE WHEN count(*) OVER g > 1
+                THEN (advantage - avg(advantage) OVER g) / (stddev_samp(advantage) OVER g + 1e-6)
+                ELSE advantage - avg(advantage) OVER g
+           END AS adv_raw_norm,
+           max(advantage) OVER g - min(advantage) OVER g <= 1e-9 AS degenerate
     FROM advantages
+    WINDOW g AS (PARTITION BY norm_group)
+),
+clipped AS (
+    SELECT *, greatest(-$adv_clip, least($adv_clip, adv_raw_norm)) AS adv_norm FROM normalised
 )
-SELECT episode_id, goal_idx, sample_idx, reward, r, v_star, advantage,
-       greatest(-$adv_clip, least($adv_clip, adv_raw_norm)) AS adv_norm,
-       greatest(0.1, least(5.0, greatest(-$adv_clip, least($adv_clip, adv_raw_norm)) + 1.0)) AS weight
-FROM normalised
+SELECT episode_id, goal_idx, sample_idx, reward, r, v_star, advantage, adv_norm,
+       CASE WHEN $skip_degenerate AND degenerate THEN 0.0
+            ELSE greatest(0.1, least(5.0, adv_norm + 1.0)) END AS weight
+FROM clipped
 ORDER BY episode_id

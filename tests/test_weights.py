@@ -77,12 +77,16 @@ def np_reference(reference: list[dict], rollout: list[dict], params: WeightsPara
     r = np.array([e["reward"] - fp * e["format_errors"] for e in rollout])
     vs = np.array([v_star[e["goal_idx"]]["v_star"] for e in rollout])
     adv = r - vs
-    if len(adv) > 1:
-        norm = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-6)
-    else:
-        norm = adv - adv.mean()
+    groups = np.array([e["goal_idx"] if params.adv_norm == "goal" else -1 for e in rollout])
+    norm, degenerate = np.zeros_like(adv), np.zeros(len(adv), dtype=bool)
+    for g in set(groups.tolist()):
+        a = adv[groups == g]
+        norm[groups == g] = (a - a.mean()) / (a.std(ddof=1) + 1e-6) if len(a) > 1 else a - a.mean()
+        degenerate[groups == g] = a.max() - a.min() <= 1e-9
     adv_norm = np.clip(norm, -params.adv_clip, params.adv_clip)
     weight = np.clip(adv_norm + 1.0, 0.1, 5.0)
+    if params.skip_degenerate:
+        weight[degenerate] = 0.0
     weights = {e["episode_id"]: {"goal_idx": e["goal_idx"], "sample_idx": e["sample_idx"], "reward": e["reward"],
                                  "r": r[i], "v_star": vs[i], "advantage": adv[i], "adv_norm": adv_norm[i],
                                  "weight": weight[i]}
@@ -109,9 +113,11 @@ def leftovers(root) -> list:
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("format_penalty,adv_clip", [(0.0, 3.0), (0.1, 0.5)])
-def test_v_star_and_weights_match_numpy(tmp_path, seed, beta, format_penalty, adv_clip):
-    params = WeightsParams(beta=beta, adv_clip=adv_clip, format_penalty=format_penalty)
+@pytest.mark.parametrize("format_penalty,adv_clip,adv_norm,skip_degenerate", [
+    (0.0, 3.0, "batch", False), (0.1, 0.5, "batch", False), (0.0, 3.0, "goal", False), (0.0, 3.0, "goal", True)])
+def test_v_star_and_weights_match_numpy(tmp_path, seed, beta, format_penalty, adv_clip, adv_norm, skip_degenerate):
+    params = WeightsParams(beta=beta, adv_clip=adv_clip, format_penalty=format_penalty, adv_norm=adv_norm,
+                           skip_degenerate=skip_degenerate)
     reference, rollout = random_batch(seed)
     weights, v_star, _ = run_weights(tmp_path, reference, rollout, params)
     want_v, want_w = np_reference(reference, rollout, params)
@@ -135,7 +141,26 @@ def test_v_star_and_weights_match_numpy(tmp_path, seed, beta, format_penalty, ad
             assert math.isfinite(got[col])
             assert got[col] == pytest.approx(want[col], rel=1e-7, abs=1e-7), (eid, col)
         assert -adv_clip <= got["adv_norm"] <= adv_clip
-        assert 0.1 <= got["weight"] <= 5.0
+        assert 0.1 <= got["weight"] <= 5.0 or (skip_degenerate and got["weight"] == 0.0)
+
+
+def test_goal_normalisation_and_skipping_degenerate_goals(tmp_path):
+    """Goal 0: both rollouts failed (equal advantages); goal 1: one success, one failure. Per batch, goal 0's
+    failures are still imitated (weight > 0.1); per goal, they sit at the goal's mean (weight 1), and with
+    skip_degenerate they get weight 0 while goal 1's success and failure keep their weights."""
+    reference = [episode_row("reference", g, s, r) for g in (0, 1) for s, r in enumerate([0.0, 1.0])]
+    rollout = [episode_row("rollout", 0, 0, 0.0, iteration=1), episode_row("rollout", 0, 1, 0.0, iteration=1),
+               episode_row("rollout", 1, 0, 1.0, iteration=1), episode_row("rollout", 1, 1, 0.0, iteration=1)]
+    weight_of = {}
+    for adv_norm, skip in [("batch", False), ("goal", False), ("goal", True), ("batch", True)]:
+        weights, _, _ = run_weights(tmp_path / f"{adv_norm}-{skip}", reference, rollout,
+                                    WeightsParams(adv_norm=adv_norm, skip_degenerate=skip))
+        weight_of[adv_norm, skip] = [round(w, 6) for w in weights["weight"].to_pylist()]
+    assert weight_of["goal", False][:2] == [1.0, 1.0]
+    assert weight_of["goal", True][:2] == [0.0, 0.0] and weight_of["goal", True][2:] == weight_of["goal", False][2:]
+    assert weight_of["goal", False][2] > 1.0 > weight_of["goal", False][3]
+    assert weight_of["batch", True] == weight_of["batch", False]  # the batch as a whole is not degenerate
+    assert 0.1 < weight_of["batch", False][0] < 1.0
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -319,7 +344,7 @@ def test_rollout_goal_without_reference(tmp_path):
 @pytest.mark.parametrize("flag,params", [
     ("beta", WeightsParams(beta=0.0)), ("beta", WeightsParams(beta=-0.5)),
     ("adv-clip", WeightsParams(adv_clip=0.0)), ("adv-clip", WeightsParams(adv_clip=-1.0)),
-    ("format-penalty", WeightsParams(format_penalty=-0.1)),
+    ("format-penalty", WeightsParams(format_penalty=-0.1)), ("adv-norm", WeightsParams(adv_norm="median")),
 ])
 def test_bad_params(tmp_path, flag, params):
     with pytest.raises(ValueError, match=flag) as e:
@@ -384,7 +409,8 @@ def test_weights_stage(tmp_path):
     assert not leftovers(root)
     m = read_manifest(folder)
     assert (m["stage"], m["run"], m["iteration"], m["key"]) == ("weights", RUN, 2, folder.name)
-    assert m["params"] == {"beta": 0.5, "adv_clip": 3.0, "format_penalty": 0.0}
+    assert m["params"] == {"beta": 0.5, "adv_clip": 3.0, "format_penalty": 0.0, "adv_norm": "batch",
+                           "skip_degenerate": False}
     assert m["inputs"] == {"reference": "reference-abc", "rollout": "rollout-def"}
     # the files hold what compute_weights computes
     weights, v_star, diagnostics = compute_weights([ref / "episodes.parquet"], [roll / "episodes.parquet"], params)
