@@ -309,6 +309,13 @@ def episode_batches(episode_ids: list[str], params: TrainParams, epoch: int) -> 
     return [[i for e in episodes[s:s + size] for i in rows[e]] for s in range(0, len(episodes), size)]
 
 
+def totals(metrics: list[dict]) -> dict:
+    """The stage's cost over all its steps (a warm start takes many): tokens, seconds, tokens/s."""
+    tokens, seconds = sum(m["tokens"] for m in metrics), sum(m["seconds"] for m in metrics)
+    return {"total_tokens": tokens, "total_seconds": round(seconds, 2),
+            "total_tokens_per_s": tokens / seconds if seconds else None}
+
+
 def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_dir: Path, params: TrainParams, *,
                 run: str, iteration: int | None, root=None, stage: str = "train", force: bool = False,
                 cached_only: bool = False, progress: bool = True) -> Path:
@@ -342,7 +349,7 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
                  m["tokens_per_s"], m["peak_mem_mb"])
     bar.close()
     manifest = {"stage": stage, "run": run, "iteration": iteration, "key": key, "params": asdict(params),
-                "inputs": inputs, "summary": {"step": step, "steps": len(metrics), **metrics[-1]}}
+                "inputs": inputs, "summary": {"step": step, "steps": len(metrics), **metrics[-1], **totals(metrics)}}
     with stage_output(folder, manifest) as tmp:
         save_checkpoint(policy, optimizer, step, Path(checkpoint), Path(reference), params, tmp / "checkpoint",
                         stage)

@@ -105,6 +105,10 @@ def test_sft_stage_learns_the_demonstrated_actions(demos, model, learning_rate, 
     metrics = read_table(folder / "train_metrics.parquet").to_pylist()
     assert [m["step"] for m in metrics] == list(range(1, episodes + 1))  # one step per demonstration episode
     assert all(m["kl"] == 0.0 for m in metrics)                          # kl_coef 0: no reference forward
+    summary = json.loads((folder / "manifest.json").read_text())["summary"]  # the warm start's cost, all steps
+    assert summary["total_tokens"] == sum(m["tokens"] for m in metrics) > metrics[-1]["tokens"]
+    assert summary["total_seconds"] == pytest.approx(sum(m["seconds"] for m in metrics), abs=0.01)
+    assert summary["total_tokens_per_s"] == pytest.approx(summary["total_tokens"] / sum(m["seconds"] for m in metrics))
     before = _mean_action_logprob(model, data)
     after = _mean_action_logprob(folder / "checkpoint", data)
     assert after > before + 0.05, (before, after)
