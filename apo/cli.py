@@ -38,10 +38,12 @@ def baseline(args: argparse.Namespace) -> dict:
     store_goals(catalogue, goals, args.home)
     shop = Shop(catalogue, goals)
     load_s = time.perf_counter() - start
-    indices = list(goals.split(args.split))[: args.num_goals]
-    if not indices:
-        raise ValueError(f"split {args.split!r} of catalogue {catalogue.name} has no goals "
-                         f"({len(goals)} goals in all; test = 0-499, eval = 500-1499, train = the rest)")
+    in_split = list(goals.split(args.split))
+    if len(in_split) < args.num_goals:
+        raise ValueError(f"--num-goals {args.num_goals}: split {args.split!r} of catalogue {catalogue.name} has "
+                         f"{len(in_split)} goals ({len(goals)} in all; test = 0-499, eval = 500-1499, "
+                         "train = the rest)")
+    indices = in_split[:args.num_goals]
     summary = evaluate(shop, args.policy, indices, args.max_episode_steps)
     return {"policy": args.policy, "split": args.split, "catalogue": catalogue.name, "goal_kind": args.goal_kind,
             "seed": args.seed, "load_s": round(load_s, 3), **summary}
@@ -61,9 +63,9 @@ def configure_prefect(root: str | None) -> None:
 
 def train(args: argparse.Namespace) -> dict:
     from apo.config import config_from_args
-    from stages.pipeline import check_reference_run
+    from stages.pipeline import check_inputs
     config = config_from_args(args)
-    check_reference_run(config)  # bad input fails before Prefect starts
+    check_inputs(config)  # bad input fails before Prefect starts
     configure_prefect(args.output_dir)
     from flows.apo import apo_train
 
@@ -74,9 +76,9 @@ def train(args: argparse.Namespace) -> dict:
 
 def iteration(args: argparse.Namespace) -> dict:
     from apo.config import config_from_args
-    from stages.pipeline import check_reference_run, resolve_iteration
+    from stages.pipeline import check_inputs, resolve_iteration
     config = config_from_args(args)
-    check_reference_run(config)
+    check_inputs(config)
     number = resolve_iteration(config, args.iteration, args.from_stage)  # bad input fails before Prefect starts
     configure_prefect(args.output_dir)
     from flows.apo import apo
@@ -106,8 +108,12 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
 
 def sql(args: argparse.Namespace) -> None:
     from storage.catalog import query
+    from storage.layout import existing_root
 
-    columns, rows = query(args.query, args.home)
+    skipped: list[str] = []
+    columns, rows = query(args.query, existing_root(args.home), skipped)
+    for line in skipped:
+        print(f"apo sql: left out {line}", file=sys.stderr)
     print("\t".join(columns))
     for row in rows:
         print("\t".join("" if v is None else str(v) for v in row))

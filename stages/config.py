@@ -8,12 +8,17 @@ each field's docstring is its --help text.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, fields, replace
 
 from policy.engines import ENGINES
 from stages.rollout import RolloutParams
 from stages.train import OBJECTIVES, TrainParams
 from stages.weights import WeightsParams
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")  # a single folder name: no "..", no "/", not empty
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,17 @@ class Config(TrainParams, WeightsParams, RolloutParams):
     """Seeds goal order, prices, sampling and training."""
 
     def check(self) -> None:
+        for f in fields(self):  # NaN and inf pass every comparison below, and would train on garbage
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        for name in ("run", "reference_run"):
+            value = getattr(self, name)
+            if (value is not None or name == "run") and not RUN_NAME.fullmatch(value or ""):
+                raise ValueError(f"--{name.replace('_', '-')} {value!r}: expected a name of letters, digits, '.', '_' "
+                                 "and '-' that does not start with '.' (it is a folder under the root's runs/)")
+        if self.num_products is not None and self.num_products < 1:
+            raise ValueError(f"--num-products must be >= 1, got {self.num_products}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.objective not in OBJECTIVES:

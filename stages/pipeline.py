@@ -79,9 +79,18 @@ def check_reference_run(config: Config) -> None:
                          ": its reference samples do not fit this run")
 
 
-def check_run_config(config: Config) -> None:
-    """The first iteration stores the run's identity; later ones must match it (one clear line if not)."""
+def check_inputs(config: Config) -> None:
+    """What the run reads, checked before anything starts or is written (one clear line each): the reference run,
+    the catalogue (loaded and cached here, once) and the model (the embedded one is converted here, once)."""
     check_reference_run(config)
+    shop(config)
+    base_model(config)
+
+
+def check_run_config(config: Config) -> None:
+    """The first iteration stores the run's identity, once its inputs are valid (a mistyped --model or --data
+    must not make the corrected retry a 'changed' run); later ones must match it (one clear line if not)."""
+    check_inputs(config)
     path = run_dir(config) / "config.json"
     identity = run_identity(config)
     if path.is_file():

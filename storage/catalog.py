@@ -11,16 +11,20 @@
     iterations     run, iteration and the folders each stage used
 
 "Current" means the folders an iteration's `iteration.json` points to: a replay leaves the superseded
-outputs on disk (nothing is overwritten) but the views show what the run now consists of. The views are
-rebuilt on every call, into `catalog.duckdb` under the storage root (written aside, then renamed).
+outputs on disk (nothing is overwritten) but the views show what the run now consists of. A query builds the
+views in memory (queries at once share no file) and also rewrites `catalog.duckdb` under the storage root for
+other DuckDB clients (built in a file of its own, then renamed). A table that cannot be read (truncated,
+corrupt) or whose stage folder lost its manifest is left out and named, and every other table still answers.
 """
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
 from storage.layout import storage_root
 from storage.stages import MANIFEST
@@ -41,22 +45,44 @@ def iteration_records(root: Path) -> list[dict]:
     return records
 
 
-def _files(records: list[dict], stage_keys: tuple[str, ...], name: str) -> list[tuple[str, int, str]]:
-    """(run, iteration, file) of the current outputs; reference folders are shared across iterations."""
-    seen, files = set(), []
-    for r in records:
-        for key in stage_keys:
-            folder = r.get(key)
-            if folder and (Path(folder) / name).is_file() and (folder, name) not in seen:
-                seen.add((folder, name))
-                files.append((r["run"], r["iteration"], str(Path(folder) / name)))
-    return files
+class Views:
+    """The views' source files, with what had to be left out: a stage folder without its manifest (a stage that
+    did not finish, or whose manifest was deleted) and a table that is not readable Parquet (truncated, corrupt).
+    A file left out is named once in `skipped` and every other table still answers."""
 
+    def __init__(self, root: Path):
+        self.root, self.skipped = root, []
+        self.records = iteration_records(root)
 
-def _done_evals(root: Path) -> list[Path]:
-    """eval.parquet of every finished eval folder: runs/<run>/eval/<key>/ and runs/<run>/iter=<i>/eval/<key>/."""
-    found = [*root.glob("runs/*/eval/*/eval.parquet"), *root.glob("runs/*/iter=*/eval/*/eval.parquet")]
-    return sorted(p for p in found if (p.parent / MANIFEST).is_file())
+    def usable(self, path: Path) -> bool:
+        if not (path.parent / MANIFEST).is_file():
+            self.skipped.append(f"{path}: its stage folder has no {MANIFEST} (not a finished stage)")
+            return False
+        try:
+            pq.read_schema(path)
+        except Exception as e:  # pyarrow raises several types for a truncated or foreign file
+            self.skipped.append(f"{path}: not a readable Parquet table ({str(e).splitlines()[0][:120]})")
+            return False
+        return True
+
+    def files(self, stage_keys: tuple[str, ...], name: str) -> list[tuple[str, int, str]]:
+        """(run, iteration, file) of the current outputs; reference folders are shared across iterations."""
+        seen, files = set(), []
+        for r in self.records:
+            for key in stage_keys:
+                folder = r.get(key)
+                if folder and (Path(folder) / name).is_file() and (folder, name) not in seen:
+                    seen.add((folder, name))
+                    if self.usable(Path(folder) / name):
+                        files.append((r["run"], r["iteration"], str(Path(folder) / name)))
+        return files
+
+    def evals(self) -> list[tuple[str, None, str]]:
+        """Every eval table on disk: runs/<run>/eval/<key>/ (apo eval) and runs/<run>/iter=<i>/eval/<key>/."""
+        found = sorted([*self.root.glob("runs/*/eval/*/eval.parquet"),
+                        *self.root.glob("runs/*/iter=*/eval/*/eval.parquet")])
+        return [(p.relative_to(self.root / "runs").parts[0], None, str(p)) for p in found
+                if (p.parent / MANIFEST).is_file() and self.usable(p)]
 
 
 def _view(con, view: str, files: list[tuple[str, int, str]], tag: str) -> None:
@@ -74,37 +100,49 @@ def _view(con, view: str, files: list[tuple[str, int, str]], tag: str) -> None:
     con.execute(f"CREATE VIEW {view} AS " + " UNION ALL BY NAME ".join(unions))
 
 
-def build_catalog(root: str | Path | None = None) -> Path:
-    """(Re)build catalog.duckdb with the views above; returns its path."""
+def create_views(con, root: Path) -> list[str]:
+    """The views above in connection `con`; returns the files left out, one line each."""
+    views = Views(root)
+    _view(con, "episodes", views.files(("reference", "rollout", "eval"), "episodes.parquet"), tag="")
+    _view(con, "turns", views.files(("reference", "rollout", "eval"), "turns.parquet"), tag="")
+    for view, (stage, name) in SOURCES.items():
+        _view(con, view, views.files((stage,), name), tag="run" if view == "eval" else "run,iteration")
+    _view(con, "evaluations", views.evals(), tag="run")
+    rows = [(r["run"], r["iteration"], *(r.get(s) for s in ("reference", "rollout", "weights", "train", "eval")),
+             r["checkpoint"]) for r in views.records]
+    con.execute("CREATE TABLE iterations (run VARCHAR, iteration INTEGER, reference VARCHAR, rollout VARCHAR, "
+                "weights VARCHAR, train VARCHAR, eval VARCHAR, checkpoint VARCHAR)")
+    if rows:
+        con.executemany("INSERT INTO iterations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return views.skipped
+
+
+def build_catalog(root: str | Path | None = None) -> tuple[Path, list[str]]:
+    """(Re)build catalog.duckdb (for any DuckDB client) with the views above; returns its path and the files left
+    out. Built in a file of its own, then renamed: builders running at once never share a file."""
     root = storage_root(root)
-    records = iteration_records(root)
     path = root / "catalog.duckdb"
-    tmp = root / ".tmp-catalog.duckdb"
-    tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-catalog-", suffix=".duckdb", dir=root)
+    os.close(fd)
+    os.unlink(tmp)  # DuckDB creates the file itself
+    con = duckdb.connect(tmp)
     try:
-        _view(con, "episodes", _files(records, ("reference", "rollout", "eval"), "episodes.parquet"), tag="")
-        _view(con, "turns", _files(records, ("reference", "rollout", "eval"), "turns.parquet"), tag="")
-        for view, (stage, name) in SOURCES.items():
-            _view(con, view, _files(records, (stage,), name), tag="run" if view == "eval" else "run,iteration")
-        _view(con, "evaluations", [(p.relative_to(root / "runs").parts[0], None, str(p)) for p in _done_evals(root)],
-              tag="run")
-        rows = [(r["run"], r["iteration"], *(r.get(s) for s in ("reference", "rollout", "weights", "train", "eval")),
-                 r["checkpoint"]) for r in records]
-        con.execute("CREATE TABLE iterations (run VARCHAR, iteration INTEGER, reference VARCHAR, rollout VARCHAR, "
-                    "weights VARCHAR, train VARCHAR, eval VARCHAR, checkpoint VARCHAR)")
-        if rows:
-            con.executemany("INSERT INTO iterations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        skipped = create_views(con, root)
     finally:
         con.close()
     os.replace(tmp, path)
-    return path
+    return path, skipped
 
 
-def query(sql: str, root: str | Path | None = None):
-    """Run one query against a freshly built catalogue; returns (column names, rows)."""
-    con = duckdb.connect(str(build_catalog(root)), read_only=True)
+def query(sql: str, root: str | Path | None = None, skipped: list[str] | None = None):
+    """Run one query over the views, built in memory for this query (queries at once share no file); returns
+    (column names, rows). Files left out are appended to `skipped`."""
+    build_catalog(root)  # kept current for other DuckDB clients
+    con = duckdb.connect()
     try:
+        left_out = create_views(con, storage_root(root))
+        if skipped is not None:
+            skipped.extend(left_out)
         result = con.sql(sql)
         if result is None:
             return [], []

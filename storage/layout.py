@@ -18,5 +18,14 @@ def storage_root(root: str | Path | None = None) -> Path:
     return path
 
 
+def existing_root(root: str | Path | None = None) -> Path:
+    """The storage root for a command that only reads: refused when it does not exist (a mistyped --home would
+    otherwise answer from a new, empty root)."""
+    path = Path(root or os.environ.get("APO_HOME") or "storage_root").expanduser()
+    if not path.is_dir():
+        raise ValueError(f"storage root {path} does not exist (set --home or $APO_HOME to a root a run wrote)")
+    return path
+
+
 def catalogue_dir(name: str, root: str | Path | None = None) -> Path:
     return storage_root(root) / "catalogues" / name

@@ -33,6 +33,16 @@ def _one_line_error(capsys, argv: list[str], *words: str) -> None:
     (["--sft-batch-episodes", "0"], ["--sft-batch-episodes", ">= 1"]),
     (["--observation-mode", "html"], ["--observation-mode", "'html'", "text_rich"]),
     (["--history-turns", "-1"], ["--history-turns", ">= 0"]),
+    # accepted without a word before (issue 13): NaN and inf pass every comparison, run names left the root
+    (["--kl-coef", "nan"], ["--kl-coef", "finite", "nan"]),
+    (["--temperature", "nan"], ["--temperature", "finite"]),
+    (["--learning-rate", "inf"], ["--learning-rate", "finite", "inf"]),
+    (["--beta", "inf"], ["--beta", "finite"]),
+    (["--run", "../../etc"], ["--run", "'../../etc'"]),
+    (["--run", ""], ["--run", "''"]),
+    (["--run", ".hidden"], ["--run"]),
+    (["--reference-run", "a/b"], ["--reference-run", "'a/b'"]),
+    (["--num-products", "-5"], ["--num-products", ">= 1"]),
 ])
 def test_bad_flag_values_give_one_line(capsys, tmp_path, flags, words):
     _one_line_error(capsys, ["train", "--output-dir", str(tmp_path), *flags], *words)
@@ -54,6 +64,21 @@ def test_reference_run_that_has_not_started(tmp_path):
     [line] = out.stderr.strip().splitlines()
     assert line == "apo train: error: reference run 'a' has not started: run it first"
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--model", "/no/such/model"], "apo train: error: model '/no/such/model': expected a checkpoint folder with "
+                                    "config.json"),
+    (["--data", "/no/such/data"], "apo train: error: /no/such/data: data folder not found"),
+])
+def test_model_and_data_errors_come_before_prefect_and_write_nothing(tmp_path, flags, expected):
+    """A mistyped --model or --data: one line before Prefect starts (it came after ~18 s of start-up and ~160 log
+    lines), and no run identity written, so the corrected retry of the same --run is not refused (issue 13)."""
+    out = subprocess.run([sys.executable, "-m", "apo.cli", "train", "--output-dir", str(tmp_path), "--run", "r",
+                          "--engine", "hf", *flags], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [expected]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "prefect").exists()
 
 
 def test_sql_on_an_empty_root_and_bad_sql(capsys, tmp_path):

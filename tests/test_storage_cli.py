@@ -92,9 +92,89 @@ def test_baseline_cli_prints_one_json_line(tmp_path):
     (("baseline", "--policy", "rule", "--data", "/no/such/folder"), "/no/such/folder: data folder not found"),
     (("baseline", "--policy", "rule", "--num-goals", "0"), "expected a positive integer"),
     (("baseline", "--policy", "greedy"), "invalid choice"),
+    # played the 100 goals of the generated test split without a word before (issue 13)
+    (("baseline", "--policy", "rule", "--num-goals", "100000"), "--num-goals 100000: split 'test' of catalogue"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, expected):
     out = _apo(*args, home=tmp_path)
     assert out.returncode == 2
     assert expected in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_an_empty_product_file_is_refused_not_cached(tmp_path):
+    """An empty product list was cached as an empty catalogue (issue 13): one line, and nothing stored."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items_shuffle_1000.json").write_text("[]")
+    (data / "items_ins_v2_1000.json").write_text("{}")
+    out = _apo("baseline", "--policy", "rule", "--data", str(data), home=tmp_path / "home")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    [line] = out.stderr.strip().splitlines()
+    assert line.endswith("items_shuffle_1000.json: no products (expected a JSON list of products)"), line
+    assert not list((tmp_path / "home").glob("catalogues/*/products.parquet"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# apo sql on a damaged root, and several at once (issue 13)
+# ---------------------------------------------------------------------------------------------------------
+def _stage(folder: Path, table_rows: list[dict], name: str = "episodes.parquet", manifest: bool = True) -> str:
+    from test_weights import write_episodes
+
+    write_episodes(folder, table_rows)
+    if name != "episodes.parquet":
+        (folder / "episodes.parquet").rename(folder / name)
+    if manifest:
+        (folder / "manifest.json").write_text("{}")
+    return str(folder)
+
+
+@pytest.fixture
+def damaged_root(tmp_path):
+    """Iteration 1 of run r: a good rollout (3 episodes), an eval whose episodes table is truncated, and a weights
+    folder whose manifest is gone."""
+    from test_weights import episode_row
+
+    it = tmp_path / "runs" / "r" / "iter=0001"
+    rollout = _stage(it / "rollout" / "k1", [episode_row("rollout", 0, s, 1.0, iteration=1) for s in range(3)])
+    evaluation = _stage(it / "eval" / "k2", [episode_row("eval", 0, 0, 0.0, iteration=1)])
+    good = (Path(evaluation) / "episodes.parquet").read_bytes()
+    (Path(evaluation) / "episodes.parquet").write_bytes(good[:len(good) // 2])
+    weights = _stage(it / "weights" / "k3", [episode_row("rollout", 0, 0, 1.0)], "weights.parquet", manifest=False)
+    (it / "iteration.json").write_text(json.dumps({"iteration": 1, "rollout": rollout, "eval": evaluation,
+                                                   "weights": weights, "checkpoint": "c"}))
+    return tmp_path
+
+
+def test_sql_leaves_out_damaged_tables_and_names_them(damaged_root):
+    """A truncated table made every query fail with a traceback, even on other tables; a stage folder without
+    its manifest went unnoticed."""
+    out = _apo("sql", "SELECT count(*) AS n FROM episodes", home=damaged_root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["n", "3"]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in out.stderr
+    assert any("eval/k2/episodes.parquet: not a readable Parquet table" in line for line in lines), lines
+    assert any("weights/k3/weights.parquet: its stage folder has no manifest.json" in line for line in lines), lines
+    out = _apo("sql", "SELECT count(*) AS n FROM weights", home=damaged_root)
+    assert out.returncode == 0 and out.stdout.split() == ["n", "0"]
+
+
+def test_three_queries_at_once(damaged_root):
+    """Two of three concurrent `apo sql` died on catalog.duckdb's lock or its shared temporary file."""
+    procs = [subprocess.Popen([sys.executable, "-m", "apo.cli", "sql", "SELECT count(*) AS n FROM episodes",
+                               "--home", str(damaged_root)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [(rc, out.split()) for rc, out, _ in results] == [(0, ["n", "3"])] * 3, [err for _, _, err in results]
+    assert not list(damaged_root.glob(".tmp-catalog*"))
+    with duckdb.connect(str(damaged_root / "catalog.duckdb"), read_only=True) as con:  # for other clients
+        assert con.sql("SELECT count(*) FROM episodes").fetchall() == [(3,)]
+
+
+def test_read_only_commands_refuse_a_root_that_does_not_exist(tmp_path):
+    out = _apo("sql", "SELECT 1", home=tmp_path / "typo")
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"apo sql: error: storage root {tmp_path / 'typo'} does not exist (set --home or " \
+                                 "$APO_HOME to a root a run wrote)"
+    assert not (tmp_path / "typo").exists()

@@ -235,11 +235,18 @@ def load_dir(data_dir: str | Path, num_products: int | None = None) -> Catalogue
     for raw in RAW_FILES:
         if (data_dir / raw).is_file():
             human = data_dir / HUMAN_FILE
-            return load_raw(data_dir / raw, data_dir / ATTR_FILES[raw], human if human.is_file() else None,
-                            num_products)
+            return _not_empty(load_raw(data_dir / raw, data_dir / ATTR_FILES[raw],
+                                       human if human.is_file() else None, num_products), data_dir / raw)
     if (data_dir / PROCESSED_FILE).is_file():
         catalogue = load_processed(data_dir / PROCESSED_FILE, data_dir / ATTR_FILES[PROCESSED_FILE])
         if num_products is not None:
             catalogue = Catalogue(catalogue.name, catalogue.products[:num_products])
-        return catalogue
+        return _not_empty(catalogue, data_dir / PROCESSED_FILE)
     raise DataError(f"{data_dir}: no product file (expected one of {', '.join(RAW_FILES + (PROCESSED_FILE,))})")
+
+
+def _not_empty(catalogue: Catalogue, source: Path) -> Catalogue:
+    """A catalogue without products would be cached and then fail far from its cause."""
+    if not catalogue.products:
+        raise DataError(f"{source}: no products (expected a JSON list of products)")
+    return catalogue
