@@ -46,7 +46,7 @@ from stages.rollout import episode_requests, reference_samples, rollout_stage
 from stages.sft import demos_stage, sft_stage
 from stages.train import train_stage
 from stages.weights import weights_stage
-from storage.layout import storage_root
+from storage.layout import record_as_read, record_to_store, storage_root
 
 log = logging.getLogger(__name__)
 STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")  # from_stage forces a stage and those after
@@ -114,7 +114,7 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def iteration_record(config: Config, iteration: int) -> dict | None:
     path = run_dir(config) / f"iter={iteration:04d}" / "iteration.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return record_as_read(json.loads(path.read_text()), config.output_dir) if path.is_file() else None
 
 
 def last_iteration(config: Config) -> int:
@@ -137,7 +137,8 @@ def record_iteration(config: Config, iteration: int, folders: dict[str, str | No
     """Iteration i's record; iteration 0 (the reference model's evaluation) has no train folder."""
     checkpoint = Path(folders["train"]) / "checkpoint" if folders.get("train") else reference_model(config)
     record = {"iteration": iteration, **folders, "checkpoint": str(checkpoint), "config": asdict(config)}
-    _write_json(run_dir(config) / f"iter={iteration:04d}" / "iteration.json", record)
+    _write_json(run_dir(config) / f"iter={iteration:04d}" / "iteration.json",
+                record_to_store(record, config.output_dir))  # paths relative to the root: it can move
     _prune_checkpoints(config, iteration)
     return record
 

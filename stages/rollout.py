@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from policy.engines import Completion, Sampling
 from policy.prompts import PromptConfig, Turn, encode_prompt, parse_action
+from storage.layout import root_relative
 from storage.parquet import write_table
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
 from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA, to_table
@@ -174,7 +175,7 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
     stage's demonstrations, see `run_episodes`).
     """
     key_params = {"stage": stage, **asdict(params)}
-    key = stage_key({**key_params, "requests": requests}, {**inputs, "checkpoint": checkpoint},
+    key = stage_key({**key_params, "requests": requests}, {**inputs, "checkpoint": root_relative(checkpoint, root)},
                     code_version("webshop", "policy", "stages/rollout.py", "storage/tables.py"))
     folder = stage_dir(run, stage, key, iteration, root)
     if reuse_done(folder, stage, force, cached_only):

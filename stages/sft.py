@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from stages.rollout import RolloutParams, episode_requests, rollout_stage
 from stages.train import TrainParams, train_stage
+from storage.layout import root_relative
 from webshop.policies import oracle_policy
 
 DEMO_WEIGHTS_SCHEMA = pa.schema([("episode_id", pa.string()), ("goal_idx", pa.int32()), ("reward", pa.float64()),
@@ -44,7 +45,7 @@ def demos_stage(shop, goals: list[int], params: RolloutParams, model: Path, *, r
 
     return rollout_stage(engine, shop, episode_requests(goals, 1), replace(params, temperature=0.0),
                          run=run, stage="demos", iteration=None, checkpoint="oracle",
-                         inputs={**inputs, "tokenizer": str(model)}, root=root,
+                         inputs={**inputs, "tokenizer": root_relative(model, root)}, root=root,
                          force=force, cached_only=cached_only, demonstrator=oracle_policy,
                          extra_tables=lambda rows: {"weights": demo_weights(rows)})
 

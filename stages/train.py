@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from policy.hardware import DTYPES, resolve_dtype, torch_dtype
+from storage.layout import root_relative
 from storage.parquet import write_table
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
 
@@ -246,9 +247,10 @@ def loss_scaler(params: TrainParams, device_type: str):
     return torch.amp.GradScaler(device_type, enabled=resolve_dtype(params.dtype, device_type) == "float16")
 
 
-def load_policy(checkpoint: Path, reference: Path, params: TrainParams):
+def load_policy(checkpoint: Path, reference: Path, params: TrainParams, root=None):
     """(policy trainable, reference frozen, optimizer, start step), both fp32. A checkpoint written by this
-    stage resumes its optimizer and step; one trained from another reference model is refused."""
+    stage resumes its optimizer and step; one trained from another reference model is refused (references are
+    compared as `root_relative` paths under the storage `root`)."""
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -269,7 +271,7 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams):
     state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
     # A warm start (the sft stage) is a new starting model, not a run to resume: fresh optimizer, step 0.
     if state is not None and state.get("stage", "train") == "train":
-        if state["reference"] != str(reference):
+        if state["reference"] != root_relative(reference, root):
             raise ValueError(f"checkpoint {checkpoint} was trained against reference {state['reference']}, "
                              f"not {reference}: start a new run")
         if state["objective"] != params.objective:
@@ -283,14 +285,16 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams):
     return policy, ref_model, optimizer, step
 
 
-def save_checkpoint(policy, optimizer, step: int, source: Path, reference: Path, params: TrainParams,
+def save_checkpoint(policy, optimizer, step: int, source: Path, reference: str, params: TrainParams,
                     out: Path, stage: str = "train") -> None:
+    """The checkpoint folder: model, tokenizer, and training_state.pt (step, optimizer, RNG, `reference` as
+    `root_relative` stores it, objective, params, stage)."""
     policy.save_pretrained(out)
     for name in TOKENIZER_FILES:
         if (Path(source) / name).is_file():
             shutil.copy(Path(source) / name, out / name)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-                "reference": str(reference), "objective": params.objective, "params": asdict(params),
+                "reference": reference, "objective": params.objective, "params": asdict(params),
                 "stage": stage},
                out / TRAINING_STATE)
 
@@ -325,14 +329,15 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
     `force` recomputes a done stage."""
     params.check()
     params = replace(params, dtype=resolve_dtype(params.dtype))  # the key names the dtype that really ran
-    inputs = {"checkpoint": str(checkpoint), "reference": str(reference), "weights": Path(weights_dir).name,
+    inputs = {"checkpoint": root_relative(checkpoint, root), "reference": root_relative(reference, root),
+              "weights": Path(weights_dir).name,
               "rollout": Path(rollout_dir).name}
     key = stage_key(asdict(params), inputs, code_version("stages/train.py", "stages/train_data.sql"))
     folder = stage_dir(run, stage, key, iteration, root)
     if reuse_done(folder, stage, force, cached_only):
         return folder
     data = load_train_data(Path(rollout_dir) / "turns.parquet", Path(weights_dir) / "weights.parquet")
-    policy, ref_model, optimizer, step = load_policy(Path(checkpoint), Path(reference), params)
+    policy, ref_model, optimizer, step = load_policy(Path(checkpoint), Path(reference), params, root)
     torch.manual_seed(params.seed + step)
     pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
     steps = [b for epoch in range(params.epochs) for b in episode_batches(data["episode_id"], params, epoch)]
@@ -351,7 +356,7 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
     manifest = {"stage": stage, "run": run, "iteration": iteration, "key": key, "params": asdict(params),
                 "inputs": inputs, "summary": {"step": step, "steps": len(metrics), **metrics[-1], **totals(metrics)}}
     with stage_output(folder, manifest) as tmp:
-        save_checkpoint(policy, optimizer, step, Path(checkpoint), Path(reference), params, tmp / "checkpoint",
+        save_checkpoint(policy, optimizer, step, Path(checkpoint), inputs["reference"], params, tmp / "checkpoint",
                         stage)
         write_table(pa.Table.from_pylist(metrics, schema=METRICS_SCHEMA), tmp / "train_metrics.parquet")
     return folder

@@ -26,7 +26,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from storage.layout import storage_root
+from storage.layout import record_as_read, storage_root
 from storage.stages import MANIFEST
 
 # view -> (stage folder key in iteration.json, file name)
@@ -40,7 +40,7 @@ SOURCES = {
 def iteration_records(root: Path) -> list[dict]:
     records = []
     for path in sorted(root.glob("runs/*/iter=*/iteration.json")):
-        record = json.loads(path.read_text())
+        record = record_as_read(json.loads(path.read_text()), root)
         records.append({**record, "run": path.parent.parent.name})
     return records
 

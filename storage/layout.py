@@ -18,6 +18,40 @@ def storage_root(root: str | Path | None = None) -> Path:
     return path
 
 
+def _root_path(root: str | Path | None) -> Path:
+    """The storage root as an absolute path (not created, symlinks kept as written)."""
+    return Path(os.path.abspath(Path(root or os.environ.get("APO_HOME") or "storage_root").expanduser()))
+
+
+def root_relative(path: str | Path, root: str | Path | None = None) -> str:
+    """`path` as records and stage keys store it: relative to the storage root when inside it, so a moved or
+    copied root, or the same root spelled another way (relative, absolute), reads as the original; else absolute.
+    Symlinks are not followed: another path to the same model is another input."""
+    absolute = Path(os.path.abspath(Path(path).expanduser()))
+    try:
+        return absolute.relative_to(_root_path(root)).as_posix()
+    except ValueError:
+        return str(absolute)
+
+
+def from_root(stored: str, root: str | Path | None = None) -> Path:
+    """A path stored by `root_relative`, as a path on this machine (under the root as it is now)."""
+    path = Path(stored)
+    return path if path.is_absolute() else _root_path(root) / path
+
+
+# The entries of an iteration record (runs/<run>/iter=<i>/iteration.json) that are paths.
+RECORD_PATHS = ("sft", "reference", "rollout", "weights", "train", "eval", "checkpoint")
+
+
+def record_to_store(record: dict, root: str | Path | None = None) -> dict:
+    return {k: root_relative(v, root) if k in RECORD_PATHS and v else v for k, v in record.items()}
+
+
+def record_as_read(record: dict, root: str | Path | None = None) -> dict:
+    return {k: str(from_root(v, root)) if k in RECORD_PATHS and v else v for k, v in record.items()}
+
+
 def existing_root(root: str | Path | None = None) -> Path:
     """The storage root for a command that only reads: refused when it does not exist (a mistyped --home would
     otherwise answer from a new, empty root)."""

@@ -158,7 +158,7 @@ def test_warm_start_is_the_reference_and_the_first_policy(warm):
         assert set(read_table(Path(records[0][stage]) / "episodes.parquet")["checkpoint"].to_pylist()) == \
             {sft_checkpoint}
     state = json.loads((Path(records[0]["train"]) / "manifest.json").read_text())
-    assert state["inputs"]["reference"] == sft_checkpoint
+    assert state["inputs"]["reference"] == str(Path(sft_checkpoint).relative_to(config.output_dir))  # as keyed
     # iteration 0 evaluated the warm start; the catalogue shows the curve's two points for this run
     evaluation = read_table(Path(start["eval"]) / "eval.parquet").to_pylist()
     assert evaluation[0]["iteration"] == 0 and evaluation[0]["checkpoint"] == sft_checkpoint
@@ -310,3 +310,31 @@ def test_apo_eval_scores_any_checkpoint_on_a_goal_range(first, config, capsys):
         assert main(["eval", *_cli_flags(config), *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+
+
+def test_a_copied_root_and_another_spelling_of_it_read_as_the_original(first, config, tmp_path, monkeypatch):
+    """Records store paths relative to the root and stage keys do not depend on how the root is spelled: a copy
+    of the root reads its own files (it read the original's), continues from its own checkpoint (a moved root
+    claimed it 'was pruned'), and the same root given as a relative path reuses every cached stage (issue 13)."""
+    import shutil
+
+    from stages.pipeline import iteration_record, policy_checkpoint, run_rollout
+
+    stored = json.loads((Path(config.output_dir) / "runs" / config.run / "iter=0001" / "iteration.json").read_text())
+    assert not Path(stored["rollout"]).is_absolute() and not Path(stored["checkpoint"]).is_absolute()
+
+    copy = tmp_path / "copy"
+    shutil.copytree(config.output_dir, copy)
+    moved = replace(config, output_dir=str(copy))
+    assert Path(iteration_record(moved, 1)["rollout"]).is_relative_to(copy)
+    assert policy_checkpoint(moved, 2).is_relative_to(copy) and (policy_checkpoint(moved, 2) / "config.json").is_file()
+    for folder in (copy / "runs" / config.run).glob("iter=0001/eval/*"):
+        (folder / "eval.parquet").unlink()  # the copy loses its evaluation; the original keeps its own
+    assert query("SELECT count(*) FROM eval", copy)[1] == [(0,)]
+    assert query("SELECT count(*) FROM eval", config.output_dir)[1][0][0] >= 1
+
+    monkeypatch.chdir(copy.parent)
+    relative = replace(config, output_dir="copy")
+    mtime = _mtime(iteration_record(moved, 1)["rollout"])
+    assert Path(run_rollout(relative, 1)).resolve() == Path(iteration_record(moved, 1)["rollout"]).resolve()
+    assert _mtime(iteration_record(moved, 1)["rollout"]) == mtime  # reused, not sampled again
