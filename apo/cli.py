@@ -63,27 +63,29 @@ def configure_prefect(root: str | None) -> None:
 
 def train(args: argparse.Namespace) -> dict:
     from apo.config import config_from_args
-    from stages.pipeline import check_inputs
+    from stages.pipeline import check_inputs, run_writer
     config = config_from_args(args)
     check_inputs(config)  # bad input fails before Prefect starts
-    configure_prefect(args.output_dir)
-    from flows.apo import apo_train
+    with run_writer(config):  # ... and so does a second writer of the run
+        configure_prefect(args.output_dir)
+        from flows.apo import apo_train
 
-    records = apo_train(config)
+        records = apo_train(config)
     return {"run": args.run, "iterations": len(records),
             "checkpoint": records[-1]["checkpoint"] if records else None}
 
 
 def iteration(args: argparse.Namespace) -> dict:
     from apo.config import config_from_args
-    from stages.pipeline import check_inputs, resolve_iteration
+    from stages.pipeline import check_inputs, resolve_iteration, run_writer
     config = config_from_args(args)
     check_inputs(config)
     number = resolve_iteration(config, args.iteration, args.from_stage)  # bad input fails before Prefect starts
-    configure_prefect(args.output_dir)
-    from flows.apo import apo
+    with run_writer(config):
+        configure_prefect(args.output_dir)
+        from flows.apo import apo
 
-    record = apo(config, number, args.from_stage)
+        record = apo(config, number, args.from_stage)
     return {k: record[k] for k in ("iteration", "rollout", "weights", "train", "eval", "checkpoint")}
 
 

@@ -61,17 +61,18 @@ def apo(config: Config | None = None, iteration: int | None = None, from_stage: 
     after it in that order."""
     config = config or Config()
     config.check()
-    pipeline.check_run_config(config)
-    i = pipeline.resolve_iteration(config, iteration, from_stage)
-    warm = sft(config, from_stage)
-    ro = rollout(config, i, from_stage)
-    ref = reference(config, i, from_stage)
-    w = weights(config, i, ref, ro, from_stage)
-    tr = train(config, i, w, ro, from_stage)
-    ev = evaluate(config, i, tr, from_stage) if pipeline.eval_due(config, i) else None
-    record = pipeline.record_iteration(config, i, {"sft": warm, "reference": ref, "rollout": ro, "weights": w,
-                                                   "train": tr, "eval": ev})
-    publish(config, record)
+    with pipeline.run_writer(config):
+        pipeline.check_run_config(config)
+        i = pipeline.resolve_iteration(config, iteration, from_stage)
+        warm = sft(config, from_stage)
+        ro = rollout(config, i, from_stage)
+        ref = reference(config, i, from_stage)
+        w = weights(config, i, ref, ro, from_stage)
+        tr = train(config, i, w, ro, from_stage)
+        ev = evaluate(config, i, tr, from_stage) if pipeline.eval_due(config, i) else None
+        record = pipeline.record_iteration(config, i, {"sft": warm, "reference": ref, "rollout": ro,
+                                                       "weights": w, "train": tr, "eval": ev})
+        publish(config, record)
     get_run_logger().info("iteration %d done: checkpoint %s", i, record["checkpoint"])
     return record
 
@@ -108,11 +109,12 @@ def apo_train(config: Config | None = None) -> list[dict]:
     (each stage reuses its cached output, so no row is written twice)."""
     config = config or Config()
     config.check()
-    pipeline.check_run_config(config)
-    if pipeline.iteration_record(config, 0) is None:
-        start(config)
-    records = []
-    for i in range(pipeline.last_iteration(config) + 1, config.num_steps + 1):
-        records.append(apo(config, i))
-    pipeline.release_engine()
+    with pipeline.run_writer(config):
+        pipeline.check_run_config(config)
+        if pipeline.iteration_record(config, 0) is None:
+            start(config)
+        records = []
+        for i in range(pipeline.last_iteration(config) + 1, config.num_steps + 1):
+            records.append(apo(config, i))
+        pipeline.release_engine()
     return records

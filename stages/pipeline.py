@@ -47,6 +47,7 @@ from stages.sft import demos_stage, sft_stage
 from stages.train import train_stage
 from stages.weights import weights_stage
 from storage.layout import record_as_read, record_to_store, storage_root
+from storage.locks import writer_lock
 
 log = logging.getLogger(__name__)
 STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")  # from_stage forces a stage and those after
@@ -62,6 +63,11 @@ def run_dir(config: Config) -> Path:
 
 def run_identity(config: Config) -> dict:
     return {k: getattr(config, k) for k in RUN_IDENTITY}
+
+
+def run_writer(config: Config):
+    """Context: this process is the run's one writer (storage/locks.py); another live writer is one clear line."""
+    return writer_lock(run_dir(config), config.run)
 
 
 def check_reference_run(config: Config) -> None:

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from apo.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _one_line_error(capsys, argv: list[str], *words: str) -> None:
@@ -96,3 +99,51 @@ def test_replay_with_nothing_to_replay(tmp_path):
     [line] = out.stderr.strip().splitlines()
     assert line.startswith("apo iteration: error: ") and "no iteration to replay" in line
     assert not list((tmp_path / "runs").rglob("*.parquet"))
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from storage.locks import writer_lock
+with writer_lock(Path(sys.argv[1]), "r"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_writer_per_run_and_a_killed_writer_leaves_no_stale_lock(tmp_path, tiny_model, caplog):
+    """A second writer of a run stops with one line naming the holder (before Prefect starts); the lock of a
+    SIGKILLed writer ends with it and the next writer takes over, saying so (issue 13)."""
+    import logging
+
+    from storage.locks import RunLocked, writer_lock
+
+    folder = tmp_path / "runs" / "r"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLocked, match=f"run 'r' is being written by pid {holder.pid} on "):
+            with writer_lock(folder, "r"):
+                pass
+        out = subprocess.run([sys.executable, "-m", "apo.cli", "train", "--output-dir", str(tmp_path), "--run", "r",
+                              "--model", str(tiny_model), "--engine", "hf", "--dtype", "float32"],
+                             capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert out.returncode == 2
+        [line] = out.stderr.strip().splitlines()
+        assert line.startswith(f"apo train: error: run 'r' is being written by pid {holder.pid} ") and \
+            line.endswith("wait for it to end or use another --run"), line
+        assert not (tmp_path / "prefect").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with caplog.at_level(logging.WARNING, logger="storage.locks"):
+        with writer_lock(folder, "r"):
+            with writer_lock(folder, "r"):  # re-entrant: the apo-train flow and its apo subflows
+                pass
+    assert f"took over the lock of pid {holder.pid}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="storage.locks"):
+        with writer_lock(folder, "r"):  # released cleanly last time: nothing to take over
+            pass
+    assert "took over" not in caplog.text

@@ -47,3 +47,21 @@ def test_unavailable_model_is_one_clear_line(model, expected, tmp_path):
     with pytest.raises(ModelError, match=expected) as e:
         resolve_model(model, tmp_path)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_two_first_runs_convert_the_embedded_model_together(tmp_path):
+    """Two first runs on a fresh root both convert the embedded model; the second to finish used to fail with
+    `OSError: Directory not empty` (issue 13). Now both return the one folder and nothing temporary is left."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys; from policy.models import EMBEDDED, resolve_model; print(resolve_model(EMBEDDED, sys.argv[1]))"
+    repo = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=600), p.stdout.read().strip(), p.stderr.read()) for p in procs]
+    assert [rc for rc, _, _ in results] == [0, 0], [err[-500:] for _, _, err in results]
+    assert {out for _, out, _ in results} == {str(tmp_path / "models" / EMBEDDED)}
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [EMBEDDED]
