@@ -79,8 +79,8 @@ def iteration(args: argparse.Namespace) -> dict:
     from apo.config import config_from_args
     from stages.pipeline import check_inputs, resolve_iteration, run_writer
     config = config_from_args(args)
-    check_inputs(config)
     number = resolve_iteration(config, args.iteration, args.from_stage)  # bad input fails before Prefect starts
+    check_inputs(config)
     with run_writer(config):
         configure_prefect(args.output_dir)
         from flows.apo import apo
