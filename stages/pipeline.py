@@ -48,6 +48,7 @@ from stages.train import train_stage
 from stages.weights import weights_stage
 from storage.layout import record_as_read, record_to_store, storage_root
 from storage.locks import writer_lock
+from storage.stages import MANIFEST
 
 log = logging.getLogger(__name__)
 STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")  # from_stage forces a stage and those after
@@ -224,6 +225,9 @@ def iteration_checkpoint(config: Config, iteration: int) -> Path:
     if record is None:
         raise ValueError(f"run {config.run!r}: iteration {iteration} is not done (done: 0-{last_iteration(config)})")
     checkpoint = Path(record["checkpoint"])
+    if record.get("train") and not (Path(record["train"]) / MANIFEST).is_file():
+        raise ValueError(f"run {config.run!r}: the train stage of iteration {iteration} ({record['train']}) has "
+                         f"lost its {MANIFEST}: replay it with --iteration {iteration} --from-stage train")
     if not (checkpoint / "config.json").is_file():
         raise ValueError(f"run {config.run!r}: the checkpoint of iteration {iteration} was pruned "
                          f"(save_frequency {config.save_frequency}); use a kept iteration")

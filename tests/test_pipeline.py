@@ -338,3 +338,9 @@ def test_a_copied_root_and_another_spelling_of_it_read_as_the_original(first, co
     mtime = _mtime(iteration_record(moved, 1)["rollout"])
     assert Path(run_rollout(relative, 1)).resolve() == Path(iteration_record(moved, 1)["rollout"]).resolve()
     assert _mtime(iteration_record(moved, 1)["rollout"]) == mtime  # reused, not sampled again
+
+    # a train folder whose manifest is gone is noticed before its checkpoint is trusted (it went unnoticed)
+    (Path(iteration_record(moved, 1)["train"]) / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="iteration 1 .* has lost its manifest.json: replay it with --iteration 1 "
+                                         "--from-stage train"):
+        policy_checkpoint(moved, 2)
