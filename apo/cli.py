@@ -176,9 +176,16 @@ def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+# Commands that start child processes (vLLM's engine, the temporary Prefect server).
+SPAWNING = ("train", "iteration", "eval")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if argv is None and args.command in SPAWNING:  # the command line (not a call from Python): guard its children
+        from apo import watchdog
+        watchdog.start()
     try:
         result = args.func(args)
     except (DataError, ValueError, FileNotFoundError) as e:

@@ -147,3 +147,38 @@ def test_one_writer_per_run_and_a_killed_writer_leaves_no_stale_lock(tmp_path, t
         with writer_lock(folder, "r"):  # released cleanly last time: nothing to take over
             pass
     assert "took over" not in caplog.text
+
+
+def test_sigkill_leaves_no_child_behind(tmp_path, tiny_model):
+    """`kill -9` runs no handler: the temporary Prefect server kept its port for 13+ minutes (issue 13). The
+    command's watchdog (apo/watchdog.py) ends every descendant once the command is gone."""
+    import signal
+    import time
+
+    import psutil
+
+    cmd = [sys.executable, "-m", "apo.cli", "train", "--model", str(tiny_model), "--engine", "hf", "--dtype",
+           "float32", "--run", "k", "--num-steps", "100", "--eval-goals", "2", "--output-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            others = [c for c in children if "apo.watchdog" not in " ".join(c.cmdline())]
+            if others and len(others) < len(children):  # the watchdog and the Prefect server are up
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, f"apo train ended (exit {proc.returncode})"
+        assert others, "no child process within 120 s"
+        time.sleep(2)  # the watchdog records the descendants every half second
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"still running after SIGKILL: {[' '.join(p.cmdline())[:80] for p in alive]}"
+    finally:
+        proc.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()
