@@ -83,3 +83,38 @@ def vllm_engine(embedded_model):
     engine = VLLMEngine(embedded_model)
     yield engine
     engine.close()  # stops the engine's processes before pytest closes its log streams
+
+
+def signal_apo(args: list[str], ready, sig: int, wait_s: float = 240) -> tuple[int, list[str]]:
+    """Run `python -m apo.cli *args`; once `ready(command lines of its descendants)` holds (within `wait_s`) and
+    2 s more have passed (late workers, the watchdog's next look), send `sig`. Returns the command's exit status
+    and the command lines of its descendants still alive 30 s later; every process it started is killed after."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "apo.cli", *args], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            children = psutil.Process(proc.pid).children(recursive=True)
+            if ready([" ".join(c.cmdline()) for c in children]):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, f"apo {args[0]} ended (exit {proc.returncode}): {proc.stderr.read()[-2000:]}"
+        assert ready([" ".join(c.cmdline()) for c in children]), f"not ready within {wait_s} s"
+        time.sleep(2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(sig)
+        status = proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        return status, [" ".join(p.cmdline())[:80] for p in alive]
+    finally:
+        proc.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()

@@ -153,32 +153,13 @@ def test_sigkill_leaves_no_child_behind(tmp_path, tiny_model):
     """`kill -9` runs no handler: the temporary Prefect server kept its port for 13+ minutes (issue 13). The
     command's watchdog (apo/watchdog.py) ends every descendant once the command is gone."""
     import signal
-    import time
 
-    import psutil
+    from conftest import signal_apo
 
-    cmd = [sys.executable, "-m", "apo.cli", "train", "--model", str(tiny_model), "--engine", "hf", "--dtype",
-           "float32", "--run", "k", "--num-steps", "100", "--eval-goals", "2", "--output-dir", str(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    children: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            children = psutil.Process(proc.pid).children(recursive=True)
-            others = [c for c in children if "apo.watchdog" not in " ".join(c.cmdline())]
-            if others and len(others) < len(children):  # the watchdog and the Prefect server are up
-                break
-            time.sleep(0.5)
-        assert proc.poll() is None, f"apo train ended (exit {proc.returncode})"
-        assert others, "no child process within 120 s"
-        time.sleep(2)  # the watchdog records the descendants every half second
-        children = psutil.Process(proc.pid).children(recursive=True)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        _, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, f"still running after SIGKILL: {[' '.join(p.cmdline())[:80] for p in alive]}"
-    finally:
-        proc.kill()
-        for child in children:
-            if child.is_running():
-                child.kill()
+    args = ["train", "--model", str(tiny_model), "--engine", "hf", "--dtype", "float32", "--run", "k",
+            "--num-steps", "100", "--eval-goals", "2", "--output-dir", str(tmp_path)]
+    # ready: the watchdog and at least one other child (the temporary Prefect server) are up
+    status, alive = signal_apo(args, lambda lines: any("apo.watchdog" in line for line in lines) and
+                               any("apo.watchdog" not in line for line in lines), signal.SIGKILL, wait_s=120)
+    assert status == -signal.SIGKILL
+    assert not alive, f"still running after SIGKILL: {alive}"

@@ -304,34 +304,11 @@ def test_sigterm_leaves_no_process_behind(tiny_model, tmp_path):
     worker, 2 GiB of KV cache and the model; the temporary Prefect server) must end with it, not be orphaned.
     Without apo.cli's handler the Prefect server outlived the process (found by this test)."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    import psutil
+    from conftest import signal_apo
 
-    cmd = [sys.executable, "-m", "apo.cli", "train", "--model", str(tiny_model), "--engine", "vllm",
-           "--dtype", "float32", "--run", "sigterm", "--num-steps", "1", "--eval-goals", "4", "--output-dir", str(tmp_path)]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    children: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            children = psutil.Process(proc.pid).children(recursive=True)
-            if any("VLLM" in " ".join(c.cmdline()) for c in children):
-                break
-            time.sleep(1)
-        assert proc.poll() is None, f"apo train ended (exit {proc.returncode}): {proc.stderr.read()[-2000:]}"
-        assert any("VLLM" in " ".join(c.cmdline()) for c in children), "no vLLM engine process within 240 s"
-        time.sleep(2)  # the engine's worker process starts just after the EngineCore
-        children = psutil.Process(proc.pid).children(recursive=True)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) != 0
-        _, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, f"still running after SIGTERM: {[' '.join(p.cmdline())[:80] for p in alive]}"
-    finally:
-        proc.kill()
-        for child in children:
-            if child.is_running():
-                child.kill()
+    args = ["train", "--model", str(tiny_model), "--engine", "vllm", "--dtype", "float32", "--run", "sigterm",
+            "--num-steps", "1", "--eval-goals", "4", "--output-dir", str(tmp_path)]
+    status, alive = signal_apo(args, lambda lines: any("VLLM" in line for line in lines), signal.SIGTERM)
+    assert status != 0
+    assert not alive, f"still running after SIGTERM: {alive}"

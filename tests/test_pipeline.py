@@ -328,10 +328,12 @@ def test_a_copied_root_and_another_spelling_of_it_read_as_the_original(first, co
     moved = replace(config, output_dir=str(copy))
     assert Path(iteration_record(moved, 1)["rollout"]).is_relative_to(copy)
     assert policy_checkpoint(moved, 2).is_relative_to(copy) and (policy_checkpoint(moved, 2) / "config.json").is_file()
-    for folder in (copy / "runs" / config.run).glob("iter=0001/eval/*"):
-        (folder / "eval.parquet").unlink()  # the copy loses its evaluation; the original keeps its own
-    assert query("SELECT count(*) FROM eval", copy)[1] == [(0,)]
-    assert query("SELECT count(*) FROM eval", config.output_dir)[1][0][0] >= 1
+    count = f"SELECT count(*) FROM eval WHERE run = '{config.run}'"
+    before = query(count, config.output_dir)[1][0][0]
+    assert query(count, copy)[1][0][0] == before >= 1
+    (Path(iteration_record(moved, 1)["eval"]) / "eval.parquet").unlink()  # the copy loses iteration 1's evaluation
+    assert query(count, copy)[1][0][0] == before - 1
+    assert query(count, config.output_dir)[1][0][0] == before  # the original keeps its own
 
     monkeypatch.chdir(copy.parent)
     relative = replace(config, output_dir="copy")
