@@ -299,6 +299,7 @@ def test_vllm_temporary_files_stay_out_of_stage_folders_and_socket_paths_fit(tmp
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # 85 s; the default suite's SIGKILL test (hf engine) covers the watchdog in 15 s
 def test_sigterm_leaves_no_process_behind(tiny_model, tmp_path):
     """`kill PID`, `timeout` and schedulers send SIGTERM to `apo train`: its children (vLLM's EngineCore and
     worker, 2 GiB of KV cache and the model; the temporary Prefect server) must end with it, not be orphaned.
