@@ -213,18 +213,6 @@ def machine_peaks(seconds: float = 2.0) -> dict:
             "bandwidth_bytes_s": bandwidth}
 
 
-def model_params(path: Path) -> int:
-    """Parameters stored in the checkpoint's safetensors files (tied embeddings count once)."""
-    from math import prod
-
-    from safetensors import safe_open
-    params = 0
-    for f in Path(path).glob("*.safetensors"):
-        with safe_open(f, "pt") as st:
-            params += sum(prod(st.get_slice(name).get_shape()) for name in st.keys())
-    return params
-
-
 # ------------------------------------------------------------------------------------------------ parent
 
 def makefile_run_config() -> dict:
@@ -379,7 +367,7 @@ def main(argv=None) -> None:
         return probe(args)
 
     from policy.engines import vllm_available
-    from policy.hardware import engine_dtype
+    from policy.hardware import checkpoint_params, engine_dtype
     from policy.models import resolve_model
     work = Path(tempfile.mkdtemp(prefix="bench-iteration-"))
     model = resolve_model("smollm2-135m", work / "models-home")
@@ -400,7 +388,7 @@ def main(argv=None) -> None:
         side = run_side(name, trees[name], side_config, work / f"{name}.json", limit, work / f"{name}.log")
         print(f"  {name}: {'>' if side['stopped'] else ''}{side['iteration_s']:.1f} s", flush=True)
         sides.append(side)
-    params = model_params(model)
+    params = checkpoint_params(model)
     dtype_bytes = {"float32": 4}.get(engine_dtype("auto", model), 2)
     for side in sides:
         # the before side's engine ran bf16 whatever the machine

@@ -96,7 +96,9 @@ def resolve_dtype(dtype: str, device: str | None = None) -> str:
 
 
 def checkpoint_params(checkpoint) -> int | None:
-    """Parameters stored in a checkpoint folder's safetensors files (headers only); None without any."""
+    """Parameters stored in a checkpoint folder's safetensors files (headers only; tied embeddings count once);
+    None without any."""
+    from math import prod
     from pathlib import Path
 
     from safetensors import safe_open
@@ -104,11 +106,7 @@ def checkpoint_params(checkpoint) -> int | None:
     total = 0
     for path in files:
         with safe_open(path, "pt") as f:
-            for name in f.keys():
-                count = 1
-                for size in f.get_slice(name).get_shape():
-                    count *= size
-                total += count
+            total += sum(prod(f.get_slice(name).get_shape()) for name in f.keys())
     return total if files else None
 
 
