@@ -100,49 +100,56 @@ def _view(con, view: str, files: list[tuple[str, int, str]], tag: str) -> None:
     con.execute(f"CREATE VIEW {view} AS " + " UNION ALL BY NAME ".join(unions))
 
 
-def create_views(con, root: Path) -> list[str]:
-    """The views above in connection `con`; returns the files left out, one line each."""
+def view_sources(root: Path) -> tuple[dict[str, tuple[list, str]], list[dict], list[str]]:
+    """Found and checked once per query: {view: (files, tag)}, the iteration records, and the files left out."""
     views = Views(root)
-    _view(con, "episodes", views.files(("reference", "rollout", "eval"), "episodes.parquet"), tag="")
-    _view(con, "turns", views.files(("reference", "rollout", "eval"), "turns.parquet"), tag="")
+    sources = {"episodes": (views.files(("reference", "rollout", "eval"), "episodes.parquet"), ""),
+               "turns": (views.files(("reference", "rollout", "eval"), "turns.parquet"), "")}
     for view, (stage, name) in SOURCES.items():
-        _view(con, view, views.files((stage,), name), tag="run" if view == "eval" else "run,iteration")
-    _view(con, "evaluations", views.evals(), tag="run")
+        sources[view] = (views.files((stage,), name), "run" if view == "eval" else "run,iteration")
+    sources["evaluations"] = (views.evals(), "run")
+    return sources, views.records, views.skipped
+
+
+def create_views(con, sources: dict[str, tuple[list, str]], records: list[dict]) -> None:
+    """The views above, and the iterations table, in connection `con`."""
+    for view, (files, tag) in sources.items():
+        _view(con, view, files, tag)
     rows = [(r["run"], r["iteration"], *(r.get(s) for s in ("reference", "rollout", "weights", "train", "eval")),
-             r["checkpoint"]) for r in views.records]
+             r["checkpoint"]) for r in records]
     con.execute("CREATE TABLE iterations (run VARCHAR, iteration INTEGER, reference VARCHAR, rollout VARCHAR, "
                 "weights VARCHAR, train VARCHAR, eval VARCHAR, checkpoint VARCHAR)")
     if rows:
         con.executemany("INSERT INTO iterations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    return views.skipped
 
 
-def build_catalog(root: str | Path | None = None) -> tuple[Path, list[str]]:
-    """(Re)build catalog.duckdb (for any DuckDB client) with the views above; returns its path and the files left
-    out. Built in a file of its own, then renamed: builders running at once never share a file."""
-    root = storage_root(root)
+def build_catalog(root: Path, sources: dict[str, tuple[list, str]], records: list[dict]) -> Path:
+    """(Re)build catalog.duckdb (for any DuckDB client) with the views; returns its path. Built in a file of its
+    own, then renamed: builders running at once never share a file."""
     path = root / "catalog.duckdb"
     fd, tmp = tempfile.mkstemp(prefix=".tmp-catalog-", suffix=".duckdb", dir=root)
     os.close(fd)
     os.unlink(tmp)  # DuckDB creates the file itself
     con = duckdb.connect(tmp)
     try:
-        skipped = create_views(con, root)
+        create_views(con, sources, records)
     finally:
         con.close()
     os.replace(tmp, path)
-    return path, skipped
+    return path
 
 
 def query(sql: str, root: str | Path | None = None, skipped: list[str] | None = None):
     """Run one query over the views, built in memory for this query (queries at once share no file); returns
     (column names, rows). Files left out are appended to `skipped`."""
-    build_catalog(root)  # kept current for other DuckDB clients
+    root = storage_root(root)
+    sources, records, left_out = view_sources(root)
+    if skipped is not None:
+        skipped.extend(left_out)
+    build_catalog(root, sources, records)  # kept current for other DuckDB clients
     con = duckdb.connect()
     try:
-        left_out = create_views(con, storage_root(root))
-        if skipped is not None:
-            skipped.extend(left_out)
+        create_views(con, sources, records)
         result = con.sql(sql)
         if result is None:
             return [], []
