@@ -13,14 +13,19 @@ from pathlib import Path
 
 def storage_root(root: str | Path | None = None) -> Path:
     """The storage root: an explicit path, else $APO_HOME, else ./storage_root (created on first use)."""
-    path = Path(root or os.environ.get("APO_HOME") or "storage_root").expanduser()
+    path = _as_given(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def _as_given(root: str | Path | None) -> Path:
+    """The storage root as the user spelled it: --home / --output-dir, else $APO_HOME, else ./storage_root."""
+    return Path(root or os.environ.get("APO_HOME") or "storage_root").expanduser()
+
+
 def _root_path(root: str | Path | None) -> Path:
     """The storage root as an absolute path (not created, symlinks kept as written)."""
-    return Path(os.path.abspath(Path(root or os.environ.get("APO_HOME") or "storage_root").expanduser()))
+    return Path(os.path.abspath(_as_given(root)))
 
 
 def root_relative(path: str | Path, root: str | Path | None = None) -> str:
@@ -55,7 +60,7 @@ def record_as_read(record: dict, root: str | Path | None = None) -> dict:
 def existing_root(root: str | Path | None = None) -> Path:
     """The storage root for a command that only reads: refused when it does not exist (a mistyped --home would
     otherwise answer from a new, empty root)."""
-    path = Path(root or os.environ.get("APO_HOME") or "storage_root").expanduser()
+    path = _as_given(root)
     if not path.is_dir():
         raise ValueError(f"storage root {path} does not exist (set --home or $APO_HOME to a root a run wrote)")
     return path
