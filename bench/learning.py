@@ -44,6 +44,7 @@ def arm_commands(args: argparse.Namespace) -> dict[str, list[str]]:
               "--learning-rate", str(args.learning_rate), "--eval-frequency", str(args.eval_frequency),
               "--adv-norm", args.adv_norm, "--skip-degenerate" if args.skip_degenerate else "--no-skip-degenerate"]
     sft = ["--sft-demos", str(args.sft_demos), "--sft-epochs", str(args.sft_epochs),
+           "--sft-batch-episodes", str(args.sft_batch_episodes), "--sft-learning-rate", str(args.sft_learning_rate),
            "--num-steps", str(args.num_steps)]
     apo = [sys.executable, "-m", "apo.cli", "train"]
     return {
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
     ap.add_argument("--sft-demos", type=int, default=40)
     ap.add_argument("--sft-epochs", type=int, default=2)
+    ap.add_argument("--sft-batch-episodes", type=int, default=4, help="demonstrations per warm-start step")
+    ap.add_argument("--sft-learning-rate", type=float, default=1e-4)
     ap.add_argument("--num-steps", type=int, default=3, help="A*-PO iterations after the warm start")
     ap.add_argument("--base-steps", type=int, default=3,
                     help="A*-PO iterations from the base model, without a warm start (0: evaluate it only)")

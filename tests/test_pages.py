@@ -160,10 +160,13 @@ def _item_product() -> tuple[Product, list[str], str]:
         assert f"/item_page/{SESSION}/{asin}/" in sub.find("button", string="< Prev").find_parent("form")["action"]
     description = desc.find("p", class_="product-info").get_text()
     bullets = []
-    for p in feat.find_all("p", class_="product-info"):  # template: <p class="product-info"> {{bullet}} </p>
+    # Upstream's template is `<li><p class="product-info"> {{bulletpoint}}</p></li>`: a leading space only. Each
+    # bullet on this page ends in one space, its own (as 97% of the real catalogue's bullets do), so the product's
+    # bullets keep it, and the text_rich Features lines show it once, not twice (issue 12).
+    for p in feat.find_all("p", class_="product-info"):
         text = p.get_text()
-        assert text.startswith(" ") and text.endswith(" ")
-        bullets.append(text[1:-1])
+        assert text.startswith(" ") and text.endswith(" ") and not text.endswith("  ")
+        bullets.append(text[1:])
     keywords = _keywords(item.find("button", string="< Prev").find_parent("form")["action"])
     product = _product(asin, item.h2.get_text(), price, description=description, bullet_points=bullets,
                        options=options)

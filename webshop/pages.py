@@ -101,7 +101,9 @@ def page_nodes(state: PageState, instruction: str, product: Product | None, show
         if state.sub_page == "Description":
             body = [_text(product.description)]
         elif state.sub_page == "Features":
-            body = [_text(f" {b} ") for b in product.bullet_points]
+            # upstream features_page.html: <li><p class="product-info"> {{bulletpoint}}</p></li> (a leading space
+            # only: real bullets mostly end in a space of their own)
+            body = [_text(f" {b}") for b in product.bullet_points]
         elif state.sub_page == "Reviews":  # upstream never loads reviews
             body = [Node("No reviews found", "text")]
         else:
