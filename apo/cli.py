@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         watchdog.start()
     try:
         result = args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except (DataError, ValueError, OSError) as e:  # OSError: a missing file, a full disk, a read-only folder
         print(f"apo {args.command}: error: {e}", file=sys.stderr)
         return 2
     if result is not None:

@@ -46,7 +46,8 @@ from stages.rollout import episode_requests, reference_samples, rollout_stage
 from stages.sft import demos_stage, sft_stage
 from stages.train import train_stage
 from stages.weights import weights_stage
-from storage.layout import record_as_read, record_to_store, storage_root
+from storage.faults import fault_point
+from storage.layout import record_as_read, record_to_store, storage_root, writable_root
 from storage.locks import writer_lock
 from storage.stages import MANIFEST
 
@@ -88,7 +89,9 @@ def check_reference_run(config: Config) -> None:
 
 def check_inputs(config: Config) -> None:
     """What the run reads, checked before anything starts or is written (one clear line each): the reference run,
-    the catalogue (loaded and cached here, once) and the model (the embedded one is converted here, once)."""
+    the catalogue (loaded and cached here, once) and the model (the embedded one is converted here, once), after
+    the storage root they are cached in (it must be writable)."""
+    writable_root(config.output_dir)
     check_reference_run(config)
     shop(config)
     base_model(config)
@@ -146,6 +149,7 @@ def record_iteration(config: Config, iteration: int, folders: dict[str, str | No
     record = {"iteration": iteration, **folders, "checkpoint": str(checkpoint), "config": asdict(config)}
     _write_json(run_dir(config) / f"iter={iteration:04d}" / "iteration.json",
                 record_to_store(record, config.output_dir))  # paths relative to the root: it can move
+    fault_point("record:written")
     _prune_checkpoints(config, iteration)
     return record
 
@@ -368,6 +372,7 @@ def eval_checkpoint(config: Config, checkpoint: str | None = None, iteration: in
     model), else the config's model. The folder lives in the run (under iter=<i>/ when an iteration is named)."""
     if checkpoint is not None and iteration is not None:
         raise ValueError("give --checkpoint or --iteration, not both")
+    writable_root(config.output_dir)  # it writes the evaluation's folder
     path = (iteration_checkpoint(config, iteration) if iteration is not None
             else resolve_model(checkpoint or config.model, config.output_dir))
     in_split = list(shop(config).goals.split(split))

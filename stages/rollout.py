@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from policy.engines import Completion, Sampling
 from policy.prompts import PromptConfig, Turn, encode_prompt, parse_action
+from storage.faults import fault_point
 from storage.layout import root_relative
 from storage.parquet import write_table
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
@@ -68,13 +69,15 @@ class _Live:
 
 
 def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams,
-                 progress: bool = False, demonstrator=None) -> tuple[list[dict], list[dict]]:
+                 progress: bool = False, demonstrator=None,
+                 stage: str = "rollout") -> tuple[list[dict], list[dict]]:
     """Play one episode per (goal_idx, sample_idx) request. Returns (episode rows, turn rows) without the
     run/stage columns; `episode_id` is filled in by the caller (it holds those).
 
     With a `demonstrator` (a `webshop.policies` policy) the scripted policy acts instead of the model and its
     actions are recorded as the model's replies (`demonstration`); `engine` then only lends its tokenizer.
-    That is how oracle demonstrations become training rows with exactly the prompts a rollout would build."""
+    That is how oracle demonstrations become training rows with exactly the prompts a rollout would build.
+    `stage` names the fault point passed after each turn (storage/faults.py)."""
     env = BatchEnv(shop, params.observation_mode, params.max_episode_steps)
     env.reset([g for g, _ in requests])
     live = [_Live(g, s) for g, s in requests]
@@ -125,6 +128,7 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
                 rec.end_reason = result.info["end_reason"]
                 bar.update()
         turn += 1
+        fault_point(f"{stage}:turn")
     bar.close()
     return _rows(env, live)
 
@@ -182,7 +186,7 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
         return folder
     engine = engine_factory(checkpoint)
     start, stats_before = time.perf_counter(), engine_stats(engine)
-    episodes, turns = run_episodes(engine, shop, requests, params, progress, demonstrator)
+    episodes, turns = run_episodes(engine, shop, requests, params, progress, demonstrator, stage)
     seconds = time.perf_counter() - start
     engine_work = {k: v - stats_before[k] for k, v in engine_stats(engine).items()}
     episode_rows, turn_rows = [], []

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from policy.hardware import DTYPES, resolve_dtype, torch_dtype
+from storage.faults import fault_point
 from storage.layout import root_relative
 from storage.parquet import write_table
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
@@ -347,6 +348,7 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
         step += 1
         m = train_step(policy, ref_model, data.select(rows), params, optimizer, pad_id, scaler)
         metrics.append({"step": step, "objective": params.objective, "lr": params.learning_rate, **m})
+        fault_point(f"{stage}:step")
         bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
         log.info("%s step %d: loss %.4f ce %.4f kl %.5f apo_residual %.4f mean_weight %.3f grad_norm %.3f "
                  "| %d seq, %d tokens, %.0f tok/s, peak %.0f MiB", stage, step, m["loss"], m["ce"], m["kl"],

@@ -146,7 +146,11 @@ def query(sql: str, root: str | Path | None = None, skipped: list[str] | None = 
     sources, records, left_out = view_sources(root)
     if skipped is not None:
         skipped.extend(left_out)
-    build_catalog(root, sources, records)  # kept current for other DuckDB clients
+    try:
+        build_catalog(root, sources, records)  # kept current for other DuckDB clients
+    except OSError as e:  # a read-only root (a snapshot, a read-only mount) still answers
+        if skipped is not None:
+            skipped.append(f"catalog.duckdb: not refreshed ({e.strerror}); the query runs without it")
     con = duckdb.connect()
     try:
         create_views(con, sources, records)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -63,6 +64,22 @@ def existing_root(root: str | Path | None = None) -> Path:
     path = _as_given(root)
     if not path.is_dir():
         raise ValueError(f"storage root {path} does not exist (set --home or $APO_HOME to a root a run wrote)")
+    return path
+
+
+def writable_root(root: str | Path | None = None) -> Path:
+    """The storage root for a command that writes (train, iteration, eval): created if missing, and refused in
+    one line when it cannot be written (a read-only mount or snapshot, another user's folder), before anything
+    starts (Prefect's temporary server, whose home is in the root, would wait 80 s and fail with a traceback)."""
+    path = _as_given(root)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"storage root {path} is not writable ({e.strerror}): a run writes its stages there; "
+                         "use another --output-dir") from None
     return path
 
 

@@ -19,6 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from storage.faults import fault_point
 from storage.layout import storage_root
 
 log = logging.getLogger("stages")  # stage progress is reported under the stages logger (INFO)
@@ -63,22 +64,30 @@ def reuse_done(folder: Path, stage: str, force: bool, cached_only: bool) -> bool
     if cached_only and not done:
         raise ValueError(f"the {stage} stage is not cached ({folder}): run the iteration without from_stage "
                          "first, or replay from an earlier stage")
+    fault_point(f"{stage}:start")
     return False
 
 
 @contextmanager
 def stage_output(folder: Path, manifest: dict):
     """Yield a temporary folder to write the stage's files into; on success the manifest is added and the
-    folder renamed to `folder`. On an exception the temporary folder is removed and nothing is published."""
+    folder renamed to `folder`. On an exception the temporary folder is removed and nothing is published.
+
+    A process killed outright (SIGKILL, the OOM killer) runs no cleanup: its temporary folders carry its pid
+    (`.tmp-<key>-<pid>-*`, `.old-<key>-<pid>-*`) and the next attempt at the same stage removes those of dead
+    processes."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    remove_dead_leftovers(folder)
+    stage = folder.parent.name
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-{os.getpid()}-", dir=folder.parent))
     try:
         yield tmp
+        fault_point(f"{stage}:written")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
         old = None
         if folder.exists():  # a forced recompute, or a leftover without a manifest: moved aside, then removed
-            old = Path(tempfile.mkdtemp(prefix=f".old-{folder.name}-", dir=folder.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".old-{folder.name}-{os.getpid()}-", dir=folder.parent))
             os.replace(folder, old / folder.name)
         os.replace(tmp, folder)
         if old is not None:
@@ -86,3 +95,27 @@ def stage_output(folder: Path, manifest: dict):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    fault_point(f"{stage}:published")
+
+
+def remove_dead_leftovers(folder: Path) -> list[Path]:
+    """Remove the temporary and set-aside folders of `folder` whose writer process is gone; returns them."""
+    removed = []
+    folder = Path(folder)
+    for leftover in [*folder.parent.glob(f".tmp-{folder.name}-*"), *folder.parent.glob(f".old-{folder.name}-*")]:
+        pid = leftover.name.split("-")[2]  # .tmp-<key>-<pid>-<random>: keys are hex, without dashes
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+            log.info("removed %s, left by process %s that is gone", leftover, pid)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -118,3 +118,37 @@ def signal_apo(args: list[str], ready, sig: int, wait_s: float = 240) -> tuple[i
         for child in children:
             if child.is_running():
                 child.kill()
+
+
+@pytest.fixture
+def read_only():
+    """Makes a folder read-only for the commands a test runs, as a read-only mount or snapshot is: for a non-root
+    user by permissions; for root (whom permissions do not stop) by a read-only bind mount of the folder onto
+    itself, skipped where mounting is not allowed."""
+    import os
+    import subprocess
+
+    mounted, chmodded = [], []
+
+    def make(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            for p in [path, *path.rglob("*")]:
+                if p.is_dir():
+                    p.chmod(0o555)
+                    chmodded.append(p)
+            return path
+        for cmd in (["mount", "--bind", str(path), str(path)], ["mount", "-o", "remount,bind,ro", str(path)]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                if cmd[1] != "--bind":
+                    subprocess.run(["umount", str(path)])
+                pytest.skip(f"a read-only folder for root needs a bind mount: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
+    for p in chmodded:
+        p.chmod(0o755)

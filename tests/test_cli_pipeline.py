@@ -163,3 +163,17 @@ def test_sigkill_leaves_no_child_behind(tmp_path, tiny_model):
                                any("apo.watchdog" not in line for line in lines), signal.SIGKILL, wait_s=120)
     assert status == -signal.SIGKILL
     assert not alive, f"still running after SIGKILL: {alive}"
+
+
+@pytest.mark.parametrize("command", ["train", "iteration", "eval"])
+def test_a_read_only_root_is_one_line_before_prefect(tmp_path, read_only, command):
+    """A read-only root gave tracebacks, and `apo train` waited 80 s for Prefect's temporary server, whose home
+    is in the root (issue 13)."""
+    root = read_only(tmp_path / "root")
+    out = subprocess.run([sys.executable, "-m", "apo.cli", command, "--output-dir", str(root), "--run", "r",
+                          "--engine", "hf"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith(f"apo {command}: error: storage root {root} is not writable (") and \
+        line.endswith("): a run writes its stages there; use another --output-dir"), line
+    assert not (root / "prefect").exists()

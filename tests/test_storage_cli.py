@@ -178,3 +178,16 @@ def test_read_only_commands_refuse_a_root_that_does_not_exist(tmp_path):
     assert out.stderr.strip() == f"apo sql: error: storage root {tmp_path / 'typo'} does not exist (set --home or " \
                                  "$APO_HOME to a root a run wrote)"
     assert not (tmp_path / "typo").exists()
+
+
+def test_sql_on_a_read_only_root_answers(damaged_root, read_only):
+    """A read-only root (a snapshot of finished runs) gave tracebacks (issue 13): the query runs, and the
+    catalog.duckdb it could not refresh is one line."""
+    read_only(damaged_root)
+    out = _apo("sql", "SELECT count(*) AS n FROM episodes", home=damaged_root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["n", "3"] and "Traceback" not in out.stderr
+    notes = [line for line in out.stderr.strip().splitlines() if "catalog.duckdb" in line]
+    assert notes == ["apo sql: left out catalog.duckdb: not refreshed (Read-only file system); the query runs "
+                     "without it"] or notes == ["apo sql: left out catalog.duckdb: not refreshed (Permission "
+                                                "denied); the query runs without it"], out.stderr
