@@ -41,7 +41,7 @@ from stages.config import Config
 from policy.engines import make_engine, vllm_cache_dir
 from policy.models import resolve_model
 from stages.evaluate import eval_stage
-from stages.report import eval_row, iteration_metrics, plot_curves, sample_episodes_markdown
+from stages.report import eval_row, iteration_metrics, plot_curves, reported_eval_row, sample_episodes_markdown
 from stages.rollout import episode_requests, reference_samples, rollout_stage
 from stages.sft import demos_stage, sft_stage
 from stages.train import train_stage
@@ -420,7 +420,8 @@ def sample_episodes(record: dict) -> str:
 
 def learning_curve(config: Config) -> Path:
     """The run's evaluations so far as runs/<run>/learning_curve.png."""
-    rows = [{**row, "iteration": r["iteration"]} for r in run_records(config) if (row := eval_row(r.get("eval")))]
+    rows = [{**row, "iteration": r["iteration"]} for r in run_records(config)
+            if (row := reported_eval_row(r.get("eval")))]
     n = rows[0]["n"] if rows else 0
     return plot_curves({config.run: rows}, run_dir(config) / "learning_curve.png",
                        title=f"run {config.run}: greedy on {n} held-out test goals")

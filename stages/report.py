@@ -5,10 +5,12 @@ Prefect artifacts and `bench/learning.py` draws the benchmark's curves with the 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import duckdb
 
+log = logging.getLogger(__name__)
 OBSERVATION_CHARS = 400  # an observation is shortened to this in the markdown (results pages run to 2,000)
 
 
@@ -18,22 +20,36 @@ def _manifest_summary(folder: str | None) -> dict:
 
 
 def eval_row(folder: str | None) -> dict | None:
-    """The eval table's one row (score, score_ci, success_rate, success_ci, ...) of an eval folder."""
+    """The eval table's one row (score, score_ci, success_rate, success_ci, ...) of an eval folder; a damaged
+    table is a ValueError naming it."""
     if not folder:
         return None
+    path = Path(folder) / "eval.parquet"
     con = duckdb.connect()
     try:
-        table = con.sql("SELECT * FROM read_parquet($p)", params={"p": str(Path(folder) / "eval.parquet")})
+        table = con.sql("SELECT * FROM read_parquet($p)", params={"p": str(path)})
         row = table.fetchall()[0]
         return dict(zip(table.columns, row))
+    except (duckdb.Error, IndexError) as e:
+        raise ValueError(f"{path}: not a readable eval table ({str(e).splitlines()[0] or 'no row'})") from None
     finally:
         con.close()
+
+
+def reported_eval_row(folder: str | None) -> dict | None:
+    """`eval_row` for what reports a run (artifacts, curves): a damaged table is left out with a warning naming
+    it, because the iterations it reports are done and recorded, and a report must not fail them."""
+    try:
+        return eval_row(folder)
+    except ValueError as e:
+        log.warning("left out of the report: %s", e)
+        return None
 
 
 def iteration_metrics(record: dict) -> dict:
     """One row of numbers for an iteration record: rewards, training loss parts, speed, stage seconds, eval."""
     ref, ro, tr = (_manifest_summary(record.get(k)) for k in ("reference", "rollout", "train"))
-    ev = eval_row(record.get("eval"))
+    ev = reported_eval_row(record.get("eval"))
     row = {"iteration": record["iteration"],
            "reference_mean_reward": ref.get("mean_reward"), "rollout_mean_reward": ro.get("mean_reward"),
            "rollout_seconds": ro.get("seconds"), "loss": tr.get("loss"), "ce": tr.get("ce"), "kl": tr.get("kl"),

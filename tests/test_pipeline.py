@@ -346,3 +346,26 @@ def test_a_copied_root_and_another_spelling_of_it_read_as_the_original(first, co
     with pytest.raises(ValueError, match="iteration 1 .* has lost its manifest.json: replay it with --iteration 1 "
                                          "--from-stage train"):
         policy_checkpoint(moved, 2)
+
+
+def test_a_damaged_earlier_evaluation_does_not_fail_the_report(first, config, tmp_path, caplog):
+    """A corrupt earlier eval.parquet crashed `apo iteration` after it had done its work, while publishing the
+    artifacts (issue 13): the report leaves it out, with a warning naming it."""
+    import logging
+    import shutil
+
+    from stages.pipeline import iteration_record, learning_curve, run_metrics
+
+    copy = tmp_path / "copy"
+    shutil.copytree(config.output_dir, copy)
+    damaged = replace(config, output_dir=str(copy))
+    table = Path(iteration_record(damaged, 1)["eval"]) / "eval.parquet"
+    table.write_bytes(table.read_bytes()[:40])
+    with caplog.at_level(logging.WARNING, logger="stages.report"):
+        rows = run_metrics(damaged)
+        assert learning_curve(damaged).is_file()
+    assert [r["iteration"] for r in rows] == [1] and "eval_score" not in rows[0]
+    assert f"left out of the report: {table}: not a readable eval table" in caplog.text
+    with pytest.raises(ValueError, match="not a readable eval table"):  # where the number itself is asked for
+        from stages.report import eval_row
+        eval_row(str(table.parent))
