@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def apo_train(root: Path, model: Path, fault: str | None) -> tuple[int, list[str
     env = {k: v for k, v in os.environ.items() if k != "APO_FAULT"}
     if fault:
         env["APO_FAULT"] = fault
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a full pipe would block the command's logging
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     seen: dict[int, psutil.Process] = {}
     try:
         while proc.poll() is None:  # every descendant seen while it runs (the watchdog, the Prefect server)
@@ -66,10 +68,11 @@ def apo_train(root: Path, model: Path, fault: str | None) -> tuple[int, list[str
             except psutil.NoSuchProcess:
                 pass
             time.sleep(0.2)
-        stderr = proc.stderr.read()
         _, alive = psutil.wait_procs(list(seen.values()), timeout=20)
-        return proc.returncode, [" ".join(p.cmdline())[:100] for p in alive], stderr[-3000:]
+        log.seek(0)
+        return proc.returncode, [" ".join(p.cmdline())[:100] for p in alive], log.read()[-3000:]
     finally:
+        log.close()
         proc.kill()
         for p in seen.values():
             if p.is_running():
