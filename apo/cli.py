@@ -121,6 +121,14 @@ def sql(args: argparse.Namespace) -> None:
         print("\t".join("" if v is None else str(v) for v in row))
 
 
+def data(args: argparse.Namespace) -> dict:
+    from webshop.data_files import check_dir, download
+
+    if args.action == "check":
+        return check_dir(args.dir)
+    return download(args.dir, args.set)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from apo.config import add_config_arguments
     from stages.pipeline import STAGES
@@ -160,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=SPLITS, default="test", help="test = goals 0-499, eval = 500-1499")
     e.add_argument("--goals", type=_goal_range, default=None, help="START:STOP, goal indices within the split "
                                                                    "(default: the whole split)")
+    d = sub.add_parser("data", help="WebShop's data files: check a folder, or download upstream's files into it")
+    d.add_argument("action", choices=("check", "download"))
+    d.add_argument("dir", help="the data folder (what --data takes)")
+    d.add_argument("--set", choices=("small", "full"), default="small",
+                   help="download: the 1,000-product set or the full one (about 1.18M products, 5.7 GB)")
+    d.set_defaults(func=data)
     q = sub.add_parser("sql", help="query the run tables: episodes, turns, weights, v_star, diagnostics, "
                                    "train_metrics, eval, iterations")
     q.add_argument("query")
