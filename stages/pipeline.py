@@ -172,14 +172,14 @@ def _prune_checkpoints(config: Config, iteration: int) -> None:
 
 @lru_cache(maxsize=4)
 def _shop(data, num_products, goal_kind, seed, root):
-    from storage.catalogues import open_catalogue, store_goals
+    from storage.catalogues import open_catalogue, open_search_index, store_goals
     from webshop.env import Shop
     from webshop.goals import build_goals
 
     catalogue = open_catalogue(data, num_products, seed, root)
     goals = build_goals(catalogue, goal_kind, seed)
     store_goals(catalogue, goals, root)
-    return Shop(catalogue, goals)
+    return Shop(catalogue, goals, search_engine=open_search_index(catalogue, root))
 
 
 def shop(config: Config):

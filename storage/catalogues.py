@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,9 +19,11 @@ from storage.layout import catalogue_dir
 from storage.parquet import read_table, write_table
 import webshop.catalogue
 import webshop.generate
+import webshop.search
 from webshop.catalogue import Catalogue, HumanInstruction, Product, load_dir
 from webshop.generate import generate_catalogue
 from webshop.goals import GoalSet
+from webshop.search import SearchEngine
 
 _STR_LIST = pa.list_(pa.string())
 PRODUCTS_SCHEMA = pa.schema([
@@ -105,6 +110,26 @@ def open_catalogue(data: str | Path | None = None, num_products: int | None = No
     catalogue = Catalogue(name, catalogue.products)
     write_table(products_table(catalogue), path)
     return catalogue
+
+
+def open_search_index(catalogue: Catalogue, root: str | Path | None = None) -> SearchEngine:
+    """The catalogue's BM25 index, built once and kept beside it (`catalogues/<name>/bm25-<code hash>/`, the
+    hash of webshop/search.py, so a changed tokenizer or ranking builds anew), then loaded memory-mapped. Built
+    in a temporary folder and renamed: a crash leaves no half index, and two first runs both end with one."""
+    folder = catalogue_dir(catalogue.name, root) / \
+        f"bm25-{hashlib.sha256(Path(webshop.search.__file__).read_bytes()).hexdigest()[:10]}"
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+        try:
+            SearchEngine([p.search_text for p in catalogue.products]).save(tmp)
+            os.replace(tmp, folder)
+        except OSError:
+            if not folder.is_dir():  # not a concurrent build that won the rename
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return SearchEngine.load(folder)
 
 
 def store_goals(catalogue: Catalogue, goals: GoalSet, root: str | Path | None = None) -> Path:

@@ -191,3 +191,22 @@ def test_sql_on_a_read_only_root_answers(damaged_root, read_only):
     assert notes == ["apo sql: left out catalog.duckdb: not refreshed (Read-only file system); the query runs "
                      "without it"] or notes == ["apo sql: left out catalog.duckdb: not refreshed (Permission "
                                                 "denied); the query runs without it"], out.stderr
+
+
+def test_search_index_is_built_once_memory_mapped_and_ranks_as_a_fresh_one(real_shop, tmp_path):
+    """Issue 12: the BM25 index is saved beside the catalogue and memory-mapped on load; a loaded index ranks
+    every goal's instruction exactly as one built from the products."""
+    import numpy as np
+
+    from storage.catalogues import open_search_index
+
+    first = open_search_index(real_shop.catalogue, tmp_path)
+    [folder] = (tmp_path / "catalogues" / real_shop.catalogue.name).glob("bm25-*")
+    assert (folder / "params.index.json").is_file() and not list(folder.parent.glob(".tmp-*"))
+    built = folder.stat().st_mtime_ns
+    again = open_search_index(real_shop.catalogue, tmp_path)
+    assert folder.stat().st_mtime_ns == built  # read, not rebuilt
+    assert isinstance(again._bm25.scores["data"], np.memmap)
+    queries = [g.instruction_text for g in real_shop.goals.goals]
+    assert [again.search(q) for q in queries] == [real_shop.search_engine.search(q) for q in queries]
+    assert first.search(queries[0]) == again.search(queries[0])

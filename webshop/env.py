@@ -41,10 +41,12 @@ def invalid_reason(name: str, arg: str | None) -> str:
 class Shop:
     """Catalogue + goals + search: built once, shared by every episode (read-only while stepping)."""
 
-    def __init__(self, catalogue: Catalogue, goals: GoalSet | None = None, show_attrs: bool = False):
+    def __init__(self, catalogue: Catalogue, goals: GoalSet | None = None, show_attrs: bool = False,
+                 search_engine: SearchEngine | None = None):
         self.catalogue = catalogue
         self.goals = goals if goals is not None else build_goals(catalogue)
-        self.search_engine = SearchEngine([p.search_text for p in catalogue.products])
+        # built here unless given (storage.catalogues.open_search_index keeps one beside a stored catalogue)
+        self.search_engine = search_engine or SearchEngine([p.search_text for p in catalogue.products])
         self.show_attrs = show_attrs
 
     def search(self, query: str) -> list[Product]:

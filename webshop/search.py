@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import Stemmer
@@ -44,12 +45,29 @@ class SearchEngine:
     def __init__(self, documents: list[str]):
         self._stemmer = Stemmer.Stemmer("porter")
         self._stop = frozenset(STOPWORDS_EN)
-        self._bm25 = bm25s.BM25(k1=K1, b=B, method="lucene")
-        corpus = [self.tokenize(d) for d in documents]
-        self._bm25.index(corpus, show_progress=False)
+        bm25 = bm25s.BM25(k1=K1, b=B, method="lucene")
+        bm25.index([self.tokenize(d) for d in documents], show_progress=False)
+        self._use(bm25)
+
+    def _use(self, bm25) -> None:
+        self._bm25 = bm25
         # Porter stems a lone "s" (as in "men s shoes") to "": bm25s lists "" in its vocabulary but not in its
         # index, and a query holding it fails. An empty stem matches nothing, so it is left out of the lookup.
-        self._vocab: dict[str, int] = {t: i for t, i in self._bm25.vocab_dict.items() if t}
+        self._vocab: dict[str, int] = {t: i for t, i in bm25.vocab_dict.items() if t}
+
+    def save(self, folder: Path) -> None:
+        """The index as bm25s's files (score matrix as .npy arrays, vocabulary, parameters) in `folder`."""
+        self._bm25.save(str(folder), show_progress=False)
+
+    @classmethod
+    def load(cls, folder: Path) -> SearchEngine:
+        """An index `save` wrote, its score matrix memory-mapped: loading reads the vocabulary, not the matrix,
+        and processes sharing the index share its pages."""
+        engine = cls.__new__(cls)
+        engine._stemmer = Stemmer.Stemmer("porter")
+        engine._stop = frozenset(STOPWORDS_EN)
+        engine._use(bm25s.BM25.load(str(folder), mmap=True, show_progress=False, verbosity=0))
+        return engine
 
     def tokenize(self, text: str) -> list[str]:
         words = [w for w in _WORD.findall(_POSSESSIVE.sub("", text.lower())) if w not in self._stop]
