@@ -10,6 +10,7 @@ place with the manifest already inside, so a crash never leaves a folder that lo
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -27,8 +28,11 @@ MANIFEST = "manifest.json"
 _PROJECT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
 def code_version(*parts: str) -> str:
-    """Hash of the source files under the given project-relative packages or files (.py and .sql)."""
+    """Hash of the source files under the given project-relative packages or files (.py and .sql), taken once
+    per process: a command's stages are keyed by the code it started with, so editing or pulling the source while
+    `apo train` runs does not make it recompute stages it already did (its warm start did, mid-run)."""
     h = hashlib.sha256()
     for part in parts:
         path = _PROJECT / part

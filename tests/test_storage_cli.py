@@ -210,3 +210,23 @@ def test_search_index_is_built_once_memory_mapped_and_ranks_as_a_fresh_one(real_
     queries = [g.instruction_text for g in real_shop.goals.goals]
     assert [again.search(q) for q in queries] == [real_shop.search_engine.search(q) for q in queries]
     assert first.search(queries[0]) == again.search(queries[0])
+
+
+def test_code_version_is_taken_once_per_process(tmp_path, monkeypatch):
+    """A source edit (or `git pull`) during a long `apo train` changed the code hash mid-run, and the run
+    recomputed its 95-minute warm start: the hash is now taken once per process, and a new process sees the
+    change."""
+    import storage.stages as stages
+
+    monkeypatch.setattr(stages, "_PROJECT", tmp_path)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    stages.code_version.cache_clear()
+    try:
+        first = stages.code_version("pkg")
+        (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+        assert stages.code_version("pkg") == first  # the same process: the code it started with
+        stages.code_version.cache_clear()  # what a new process does
+        assert stages.code_version("pkg") != first
+    finally:
+        stages.code_version.cache_clear()
