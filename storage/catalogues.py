@@ -17,9 +17,9 @@ import pyarrow as pa
 
 from storage.layout import catalogue_dir
 from storage.parquet import read_table, write_table
+from storage.stages import code_version
 import webshop.catalogue
 import webshop.generate
-import webshop.search
 from webshop.catalogue import Catalogue, HumanInstruction, Product, load_dir
 from webshop.generate import generate_catalogue
 from webshop.goals import GoalSet
@@ -116,8 +116,7 @@ def open_search_index(catalogue: Catalogue, root: str | Path | None = None) -> S
     """The catalogue's BM25 index, built once and kept beside it (`catalogues/<name>/bm25-<code hash>/`, the
     hash of webshop/search.py, so a changed tokenizer or ranking builds anew), then loaded memory-mapped. Built
     in a temporary folder and renamed: a crash leaves no half index, and two first runs both end with one."""
-    folder = catalogue_dir(catalogue.name, root) / \
-        f"bm25-{hashlib.sha256(Path(webshop.search.__file__).read_bytes()).hexdigest()[:10]}"
+    folder = catalogue_dir(catalogue.name, root) / f"bm25-{code_version('webshop/search.py')[:10]}"
     if not folder.is_dir():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
