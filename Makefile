@@ -36,6 +36,7 @@ test-slow: setup
 
 bench: setup
 	$(PY) -m bench.env
+	$(PY) -m bench.env_scale
 	$(PY) -m bench.rollout
 	$(PY) -m bench.train
 	$(PY) -m bench.iteration

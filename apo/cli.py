@@ -17,8 +17,7 @@ import sys
 import time
 
 from webshop.catalogue import DataError
-from webshop.env import Shop
-from webshop.goals import SPLITS, build_goals
+from webshop.goals import SPLITS
 from webshop.policies import POLICIES, evaluate
 
 
@@ -30,13 +29,11 @@ def _positive_int(text: str) -> int:
 
 
 def baseline(args: argparse.Namespace) -> dict:
-    from storage.catalogues import open_catalogue, store_goals  # imported here: pyarrow is not needed for --help
+    from storage.catalogues import open_shop  # imported here: pyarrow is not needed for --help
 
     start = time.perf_counter()
-    catalogue = open_catalogue(args.data, args.num_products, args.seed, args.home)
-    goals = build_goals(catalogue, args.goal_kind, args.seed)
-    store_goals(catalogue, goals, args.home)
-    shop = Shop(catalogue, goals)
+    shop = open_shop(args.data, args.num_products, args.goal_kind, args.seed, args.home)
+    catalogue, goals = shop.catalogue, shop.goals
     load_s = time.perf_counter() - start
     in_split = list(goals.split(args.split))
     if len(in_split) < args.num_goals:

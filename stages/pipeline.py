@@ -46,6 +46,7 @@ from stages.rollout import episode_requests, reference_samples, rollout_stage
 from stages.sft import demos_stage, sft_stage
 from stages.train import train_stage
 from stages.weights import weights_stage
+from storage import remote
 from storage.faults import fault_point
 from storage.layout import record_as_read, record_to_store, storage_root, writable_root
 from storage.locks import writer_lock
@@ -101,6 +102,7 @@ def check_run_config(config: Config) -> None:
     """The first iteration stores the run's identity, once its inputs are valid (a mistyped --model or --data
     must not make the corrected retry a 'changed' run); later ones must match it (one clear line if not)."""
     check_inputs(config)
+    remote.pull_records(run_dir(config))  # a URL root: what other workers recorded
     path = run_dir(config) / "config.json"
     identity = run_identity(config)
     if path.is_file():
@@ -120,6 +122,7 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     tmp.replace(path)
+    remote.push_record(path)
 
 
 def iteration_record(config: Config, iteration: int) -> dict | None:
@@ -128,6 +131,7 @@ def iteration_record(config: Config, iteration: int) -> dict | None:
 
 
 def last_iteration(config: Config) -> int:
+    remote.pull_records(run_dir(config))
     done = [int(p.parent.name.split("=")[1]) for p in run_dir(config).glob("iter=*/iteration.json")]
     return max(done, default=0)
 
@@ -172,14 +176,9 @@ def _prune_checkpoints(config: Config, iteration: int) -> None:
 
 @lru_cache(maxsize=4)
 def _shop(data, num_products, goal_kind, seed, root):
-    from storage.catalogues import open_catalogue, open_search_index, store_goals
-    from webshop.env import Shop
-    from webshop.goals import build_goals
+    from storage.catalogues import open_shop
 
-    catalogue = open_catalogue(data, num_products, seed, root)
-    goals = build_goals(catalogue, goal_kind, seed)
-    store_goals(catalogue, goals, root)
-    return Shop(catalogue, goals, search_engine=open_search_index(catalogue, root))
+    return open_shop(data, num_products, goal_kind, seed, root)
 
 
 def shop(config: Config):
@@ -229,6 +228,8 @@ def iteration_checkpoint(config: Config, iteration: int) -> Path:
     if record is None:
         raise ValueError(f"run {config.run!r}: iteration {iteration} is not done (done: 0-{last_iteration(config)})")
     checkpoint = Path(record["checkpoint"])
+    if record.get("train"):
+        remote.pull_stage(Path(record["train"]))  # a URL root: trained by another worker, fetched once
     if record.get("train") and not (Path(record["train"]) / MANIFEST).is_file():
         raise ValueError(f"run {config.run!r}: the train stage of iteration {iteration} ({record['train']}) has "
                          f"lost its {MANIFEST}: replay it with --iteration {iteration} --from-stage train")

@@ -26,6 +26,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
+from storage import remote
 from storage.layout import record_as_read, storage_root
 from storage.stages import MANIFEST
 
@@ -52,14 +53,28 @@ class Views:
 
     def __init__(self, root: Path):
         self.root, self.skipped = root, []
+        # A URL root: records are refreshed into the cache; tables the cache lacks are read from the store.
+        self.remote = remote.remote_for(root)
+        if self.remote:
+            remote.pull_records(root / "runs")
         self.records = iteration_records(root)
 
+    def _is_file(self, path: Path) -> bool:
+        return path.is_file() or bool(self.remote and self.remote.fs.exists(self.remote.key(path)))
+
+    def source(self, path: Path) -> str:
+        """Where DuckDB reads a table: the local file, else (a URL root) the store's object."""
+        return str(path) if path.is_file() or not self.remote else f"{self.remote.scheme}://{self.remote.key(path)}"
+
     def usable(self, path: Path) -> bool:
-        if not (path.parent / MANIFEST).is_file():
+        if not self._is_file(path.parent / MANIFEST):
             self.skipped.append(f"{path}: its stage folder has no {MANIFEST} (not a finished stage)")
             return False
         try:
-            pq.read_schema(path)
+            if path.is_file() or not self.remote:
+                pq.read_schema(path)
+            else:
+                pq.read_schema(self.remote.key(path), filesystem=self.remote.fs)
         except Exception as e:  # pyarrow raises several types for a truncated or foreign file
             self.skipped.append(f"{path}: not a readable Parquet table ({str(e).splitlines()[0][:120]})")
             return False
@@ -71,18 +86,22 @@ class Views:
         for r in self.records:
             for key in stage_keys:
                 folder = r.get(key)
-                if folder and (Path(folder) / name).is_file() and (folder, name) not in seen:
+                if folder and (folder, name) not in seen and self._is_file(Path(folder) / name):
                     seen.add((folder, name))
                     if self.usable(Path(folder) / name):
-                        files.append((r["run"], r["iteration"], str(Path(folder) / name)))
+                        files.append((r["run"], r["iteration"], self.source(Path(folder) / name)))
         return files
 
     def evals(self) -> list[tuple[str, None, str]]:
         """Every eval table on disk: runs/<run>/eval/<key>/ (apo eval) and runs/<run>/iter=<i>/eval/<key>/."""
-        found = sorted([*self.root.glob("runs/*/eval/*/eval.parquet"),
-                        *self.root.glob("runs/*/iter=*/eval/*/eval.parquet")])
-        return [(p.relative_to(self.root / "runs").parts[0], None, str(p)) for p in found
-                if (p.parent / MANIFEST).is_file() and self.usable(p)]
+        patterns = ("runs/*/eval/*/eval.parquet", "runs/*/iter=*/eval/*/eval.parquet")
+        found = {p for pattern in patterns for p in self.root.glob(pattern)}
+        if self.remote:
+            base = self.remote.base
+            found |= {self.root / k[len(base) + 1:] for pattern in patterns
+                      for k in self.remote.fs.glob(f"{base}/{pattern}")}
+        return [(p.relative_to(self.root / "runs").parts[0], None, self.source(p)) for p in sorted(found)
+                if self._is_file(p.parent / MANIFEST) and self.usable(p)]
 
 
 def _view(con, view: str, files: list[tuple[str, int, str]], tag: str) -> None:
@@ -123,6 +142,15 @@ def create_views(con, sources: dict[str, tuple[list, str]], records: list[dict])
         con.executemany("INSERT INTO iterations VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
+def _connect(root: Path, database: str = ":memory:"):
+    """A DuckDB connection; on a URL root it reads the store through fsspec (httpfs cannot be installed offline,
+    and a client of catalog.duckdb needs the same filesystem registered)."""
+    con = duckdb.connect(database)
+    if store := remote.remote_for(root):
+        con.register_filesystem(store.fs)
+    return con
+
+
 def build_catalog(root: Path, sources: dict[str, tuple[list, str]], records: list[dict]) -> Path:
     """(Re)build catalog.duckdb (for any DuckDB client) with the views; returns its path. Built in a file of its
     own, then renamed: builders running at once never share a file."""
@@ -130,7 +158,7 @@ def build_catalog(root: Path, sources: dict[str, tuple[list, str]], records: lis
     fd, tmp = tempfile.mkstemp(prefix=".tmp-catalog-", suffix=".duckdb", dir=root)
     os.close(fd)
     os.unlink(tmp)  # DuckDB creates the file itself
-    con = duckdb.connect(tmp)
+    con = _connect(root, tmp)
     try:
         create_views(con, sources, records)
     finally:
@@ -151,7 +179,7 @@ def query(sql: str, root: str | Path | None = None, skipped: list[str] | None = 
     except OSError as e:  # a read-only root (a snapshot, a read-only mount) still answers
         if skipped is not None:
             skipped.append(f"catalog.duckdb: not refreshed ({e.strerror}); the query runs without it")
-    con = duckdb.connect()
+    con = _connect(root)
     try:
         create_views(con, sources, records)
         result = con.sql(sql)

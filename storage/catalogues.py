@@ -1,72 +1,42 @@
-"""Catalogues as Parquet under the storage root: `catalogues/<name>/products.parquet` and `goals.parquet`.
+"""Catalogues under the storage root: `catalogues/<name>/products.parquet`, `products.arrow`, `bm25-*/`, goals.
 
-A loaded catalogue (real data or generated) is stored once; later runs read the Parquet file instead of
-re-processing the source, and users can query it (`SELECT category, count(*) FROM products GROUP BY 1`).
-`goals.parquet` is written for inspection only: goals are rebuilt from the products (deterministic for a seed).
+A catalogue (real data or generated) is streamed into storage once, in bounded memory; later runs memory-map
+it instead of re-processing the source, and users can query it (`SELECT category, count(*) FROM products
+GROUP BY 1`). Its BM25 index is built once beside it. `goals-*.parquet` is written for inspection only: goals
+are rebuilt from the products (deterministic for a seed).
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from storage.layout import catalogue_dir
-from storage.parquet import read_table, write_table
+from storage.parquet import write_table
 from storage.stages import code_version
 import webshop.catalogue
 import webshop.generate
-from webshop.catalogue import Catalogue, HumanInstruction, Product, load_dir
-from webshop.generate import generate_catalogue
-from webshop.goals import GoalSet
+from webshop.catalogue import PRODUCTS_SCHEMA, Catalogue, DataError, Product, iter_dir, products_table
+from webshop.generate import iter_generated
+from webshop.env import Shop
+from webshop.goals import GoalSet, build_goals
 from webshop.search import SearchEngine
 
 _STR_LIST = pa.list_(pa.string())
-PRODUCTS_SCHEMA = pa.schema([
-    ("asin", pa.string()), ("title", pa.string()), ("description", pa.string()),
-    ("bullet_points", _STR_LIST), ("pricing", pa.list_(pa.float64())), ("price_text", pa.string()),
-    ("options", pa.list_(pa.struct([("name", pa.string()), ("values", _STR_LIST)]))),
-    ("attributes", _STR_LIST), ("category", pa.string()), ("query", pa.string()),
-    ("product_category", pa.string()), ("instruction_text", pa.string()),
-    ("instruction_attributes", _STR_LIST),
-    ("human_instructions", pa.list_(pa.struct([("instruction", pa.string()),
-                                               ("instruction_attributes", _STR_LIST),
-                                               ("instruction_options", _STR_LIST)]))),
-])
+WRITE_BATCH = 10_000  # products per Parquet row group and Arrow record batch
 GOALS_SCHEMA = pa.schema([
     ("goal_idx", pa.int32()), ("asin", pa.string()), ("kind", pa.string()), ("instruction_text", pa.string()),
     ("attributes", _STR_LIST), ("goal_options", pa.string()), ("price_upper", pa.float64()),
     ("weight", pa.float64()), ("category", pa.string()), ("query", pa.string()),
 ])
-
-
-def products_table(catalogue: Catalogue) -> pa.Table:
-    rows = [{
-        "asin": p.asin, "title": p.title, "description": p.description, "bullet_points": p.bullet_points,
-        "pricing": p.pricing, "price_text": p.price_text,
-        "options": [{"name": k, "values": v} for k, v in p.options.items()], "attributes": p.attributes,
-        "category": p.category, "query": p.query, "product_category": p.product_category,
-        "instruction_text": p.instruction_text, "instruction_attributes": p.instruction_attributes,
-        "human_instructions": [{"instruction": h.instruction, "instruction_attributes": h.instruction_attributes,
-                                "instruction_options": h.instruction_options} for h in p.human_instructions],
-    } for p in catalogue.products]
-    return pa.Table.from_pylist(rows, schema=PRODUCTS_SCHEMA)
-
-
-def catalogue_from_table(name: str, table: pa.Table) -> Catalogue:
-    if table.schema != PRODUCTS_SCHEMA:
-        raise ValueError(f"catalogue {name}: products table has schema {table.schema.names}, "
-                         f"expected {PRODUCTS_SCHEMA.names}")
-    products = []
-    for r in table.to_pylist():
-        r["options"] = {o["name"]: o["values"] for o in r["options"]}
-        r["human_instructions"] = [HumanInstruction(**h) for h in r["human_instructions"]]
-        products.append(Product(**r))
-    return Catalogue(name, products)
 
 
 def goals_table(goals: GoalSet) -> pa.Table:
@@ -93,23 +63,56 @@ def catalogue_name(data: str | Path | None, num_products: int | None, seed: int)
     return f"{folder.name}-{num_products or 'all'}-{h.hexdigest()[:10]}"
 
 
+def write_catalogue(products: Iterable[Product], folder: Path, source: str) -> int:
+    """Write products once, in one pass of `WRITE_BATCH` rows at a time (memory holds one batch): Parquet
+    (`products.parquet`, row groups, for SQL and inspection) and the same rows uncompressed as an Arrow IPC
+    file (`products.arrow`, what `open_catalogue` memory-maps: a page reads its product's bytes in place,
+    where a Parquet row would cost decoding its whole compressed page). Both are written under temporary
+    names and renamed, the Arrow file last: it marks the catalogue complete. `source` names the products' origin
+    in errors. Returns the product count."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = {f: folder / f".tmp-{f}-{os.getpid()}" for f in ("products.parquet", "products.arrow")}
+    n = 0
+    try:
+        with pq.ParquetWriter(tmp["products.parquet"], PRODUCTS_SCHEMA) as parquet, \
+                pa.ipc.new_file(tmp["products.arrow"], PRODUCTS_SCHEMA) as arrow:
+            products = iter(products)
+            while batch := list(itertools.islice(products, WRITE_BATCH)):
+                table = products_table(batch)
+                parquet.write_table(table)
+                arrow.write_table(table)
+                n += len(batch)
+        if n == 0:
+            raise DataError(f"{source}: no products (expected a JSON list of products)")
+        os.replace(tmp["products.parquet"], folder / "products.parquet")
+        os.replace(tmp["products.arrow"], folder / "products.arrow")
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+    return n
+
+
 def open_catalogue(data: str | Path | None = None, num_products: int | None = None, seed: int = 0,
                    root: str | Path | None = None) -> Catalogue:
     """The catalogue of a data folder (real WebShop files) or, without one, the generated default.
 
-    Read from `catalogues/<name>/products.parquet` when it is stored; else loaded and stored there.
+    The first call streams the source into `catalogues/<name>/` (`write_catalogue`); every call memory-maps
+    `products.arrow` from there, so a reload reads the ASIN column and nothing else until a page asks.
     """
     name = catalogue_name(data, num_products, seed)
-    path = catalogue_dir(name, root) / "products.parquet"
-    if path.is_file():
-        return catalogue_from_table(name, read_table(path))
-    if data is None:
-        catalogue = generate_catalogue(num_products or 300, seed)
-    else:
-        catalogue = load_dir(data, num_products)
-    catalogue = Catalogue(name, catalogue.products)
-    write_table(products_table(catalogue), path)
-    return catalogue
+    folder = catalogue_dir(name, root)
+    if not (folder / "products.arrow").is_file():
+        if data is None:
+            source, products = "generated catalogue", iter_generated(num_products or 300, seed)
+        else:
+            source, products = iter_dir(data, num_products)
+        write_catalogue(products, folder, str(source))
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(folder / "products.arrow"))).read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"{folder / 'products.arrow'}: not a readable Arrow file ({e}); delete {folder} "
+                         "to write the catalogue anew") from None
+    return Catalogue(name, table)
 
 
 def open_search_index(catalogue: Catalogue, root: str | Path | None = None) -> SearchEngine:
@@ -121,7 +124,7 @@ def open_search_index(catalogue: Catalogue, root: str | Path | None = None) -> S
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
         try:
-            SearchEngine([p.search_text for p in catalogue.products]).save(tmp)
+            SearchEngine(catalogue.search_texts()).save(tmp)
             os.replace(tmp, folder)
         except OSError:
             if not folder.is_dir():  # not a concurrent build that won the rename
@@ -135,3 +138,12 @@ def store_goals(catalogue: Catalogue, goals: GoalSet, root: str | Path | None = 
     """Write the goals beside their products once (they are a function of the catalogue and the seed)."""
     path = catalogue_dir(catalogue.name, root) / f"goals-{goals.kind}-seed{goals.seed}.parquet"
     return path if path.is_file() else write_table(goals_table(goals), path)
+
+
+def open_shop(data: str | Path | None, num_products: int | None, goal_kind: str, seed: int,
+              root: str | Path | None = None) -> Shop:
+    """Catalogue, goals (stored beside it for inspection) and the stored search index: what a run shops in."""
+    catalogue = open_catalogue(data, num_products, seed, root)
+    goals = build_goals(catalogue, goal_kind, seed)
+    store_goals(catalogue, goals, root)
+    return Shop(catalogue, goals, search_engine=open_search_index(catalogue, root))

@@ -1,7 +1,7 @@
 """Where everything lives: one storage root (git-ignored), `$APO_HOME` or `./storage_root`.
 
     models/<name>/                 converted or trained checkpoints
-    catalogues/<name>/             products.parquet, goals.parquet (a loaded catalogue, queryable)
+    catalogues/<name>/             products.parquet (queryable), products.arrow (memory-mapped), goals, bm25 index
     runs/<run>/...                 stage outputs (later issues)
     prefect/                       PREFECT_HOME
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+from storage import remote
 
 
 def storage_root(root: str | Path | None = None) -> Path:
@@ -20,8 +22,12 @@ def storage_root(root: str | Path | None = None) -> Path:
 
 
 def _as_given(root: str | Path | None) -> Path:
-    """The storage root as the user spelled it: --home / --output-dir, else $APO_HOME, else ./storage_root."""
-    return Path(root or os.environ.get("APO_HOME") or "storage_root").expanduser()
+    """The storage root as the user spelled it: --home / --output-dir, else $APO_HOME, else ./storage_root. A
+    URL (s3://bucket/prefix) is served from its local cache, which publishes to the store (storage/remote.py)."""
+    given = root or os.environ.get("APO_HOME") or "storage_root"
+    if remote.is_url(str(given)):
+        return remote.local_root(str(given))
+    return Path(given).expanduser()
 
 
 def _root_path(root: str | Path | None) -> Path:
@@ -62,6 +68,8 @@ def existing_root(root: str | Path | None = None) -> Path:
     """The storage root for a command that only reads: refused when it does not exist (a mistyped --home would
     otherwise answer from a new, empty root)."""
     path = _as_given(root)
+    if remote.remote_for(path):  # a URL root: its cache starts empty on a new machine
+        path.mkdir(parents=True, exist_ok=True)
     if not path.is_dir():
         raise ValueError(f"storage root {path} does not exist (set --home or $APO_HOME to a root a run wrote)")
     return path

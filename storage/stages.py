@@ -20,6 +20,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from storage import remote
 from storage.faults import fault_point
 from storage.layout import storage_root
 
@@ -61,7 +62,7 @@ def read_manifest(folder: Path) -> dict | None:
 def reuse_done(folder: Path, stage: str, force: bool, cached_only: bool) -> bool:
     """Whether the stage's output in `folder` is reused as it is (done and not forced). A stage that is not
     done is an error with `cached_only` (a replay must not compute it); otherwise the caller computes it."""
-    done = read_manifest(folder) is not None
+    done = read_manifest(folder) is not None or (not force and remote.pull_stage(folder))
     if done and not force:
         log.info("%s: done already (%s), skipped", stage, folder)
         return True
@@ -99,6 +100,7 @@ def stage_output(folder: Path, manifest: dict):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    remote.push_stage(folder)  # a URL root: to the store, manifest last
     fault_point(f"{stage}:published")
 
 

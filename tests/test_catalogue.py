@@ -367,14 +367,14 @@ def priced_product(asin: str, pricing: list[float]) -> Product:
 def test_price_cap_boundaries(price, caps):
     seen = set()
     for seed in range(40):
-        goal = build_goals(Catalogue("t", [priced_product("B000000001", [price])]), seed=seed).goals[0]
+        goal = build_goals(Catalogue.from_products("t", [priced_product("B000000001", [price])]), seed=seed).goals[0]
         check_price_cap(goal, price)
         seen.add(goal.price_upper)
     assert seen == caps
 
 
 def test_unpriced_product_costs_100():
-    goal_set = build_goals(Catalogue("t", [priced_product("B000000001", [])]))
+    goal_set = build_goals(Catalogue.from_products("t", [priced_product("B000000001", [])]))
     assert goal_set.product_prices == {"B000000001": 100.0}
     assert goal_set.goals[0].price_upper in (120.0, 130.0, 140.0)
 

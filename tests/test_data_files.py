@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 import webshop.data_files as data_files
+import webshop.json_stream as json_stream
 from conftest import SHARED
 from webshop.catalogue import DataError
-from webshop.data_files import check_dir, iter_json
+from webshop.data_files import check_dir
+from webshop.json_stream import iter_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
 def test_iter_json_reads_what_json_load_reads(tmp_path, monkeypatch, chunk):
     """Any chunk size, numbers and strings cut at a chunk's end, nested values, escapes, both top-level kinds."""
-    monkeypatch.setattr(data_files, "CHUNK", chunk)
+    monkeypatch.setattr(json_stream, "CHUNK", chunk)
     values = [1, 22, 333.5, -4e3, "a ] , } [ {", {"k": [1, {"x": None}], "é": "\"q\""}, [], {}, True, False, None]
     array = tmp_path / "a.json"
     array.write_text(" [ " + " ,\n ".join(json.dumps(v) for v in values) + " ] \n", encoding="utf-8")
@@ -37,7 +39,7 @@ def test_iter_json_reads_what_json_load_reads(tmp_path, monkeypatch, chunk):
 def test_iter_json_on_the_real_attribute_file(monkeypatch):
     if not SHARED.is_dir():
         pytest.skip("../shared/webshop not found: the real WebShop data is read from there, never committed")
-    monkeypatch.setattr(data_files, "CHUNK", 4096)
+    monkeypatch.setattr(json_stream, "CHUNK", 4096)
     path = SHARED / "items_ins_v2_1000.json"
     assert dict(iter_json(path)) == json.loads(path.read_text(encoding="utf-8"))
 

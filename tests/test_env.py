@@ -222,7 +222,7 @@ def test_an_option_value_shared_by_two_groups_selects_the_last_group():
         price_text="$10.0", options={"color": ["red", "8"], "size": ["8", "9"]}, attributes=["soft"],
         category="fashion", query="socks", product_category="Clothing", instruction_text="Find me soft socks",
         instruction_attributes=["soft"])
-    shop = Shop(Catalogue("tiny", [product]))
+    shop = Shop(Catalogue.from_products("tiny", [product]))
     ep = Episode(shop, 0)
     search(ep, "sock")
     ok(ep, "click[b000000001]")

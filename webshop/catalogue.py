@@ -1,19 +1,29 @@
 """The product catalogue: one `Product` per ASIN, loaded exactly like upstream `load_products`.
 
-Three sources give the same `Catalogue`:
+Three sources give the same products:
   * the official raw files (`items_shuffle_1000.json` or `items_shuffle.json`, with `items_ins_v2*.json`
-    and optionally `items_human_ins.json`), processed like upstream (`load_raw`);
+    and optionally `items_human_ins.json`), processed like upstream (`iter_raw`), read one product at a time;
   * the processed JSONL form `{"id", "contents", "product"}` that upstream's search index stores
-    (`load_processed`), e.g. `../shared/webshop/items_shuffle_1000.processed_from_lucene_index.jsonl`;
+    (`iter_processed`), e.g. `../shared/webshop/items_shuffle_1000.processed_from_lucene_index.jsonl`;
   * our seeded generator (`webshop.generate`), the embedded default that needs no download.
+
+A `Catalogue` holds its products as one Arrow table (`PRODUCTS_SCHEMA`), in memory or memory-mapped from a
+stored catalogue, and decodes a `Product` only when a page or a reward asks for it: the full 1.18M-product
+catalogue is never a million Python objects.
 """
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from webshop.json_stream import DataError, iter_json
 
 # Keys upstream `clean_product_keys` drops before anything else reads a product.
 _DROPPED_KEYS = (
@@ -23,10 +33,8 @@ _DROPPED_KEYS = (
 )
 RAW_REQUIRED = ("asin", "name", "full_description", "small_description", "customization_options",
                 "category", "query", "product_category")
-
-
-class DataError(ValueError):
-    """A data file is missing or malformed; the message is one line naming the file and the field."""
+DECODED_PRODUCTS = 8192  # products a catalogue keeps decoded (least recently used go first)
+_BATCH_ROWS = 20_000  # rows decoded at a time when reading many
 
 
 @dataclass(slots=True)
@@ -59,28 +67,147 @@ class Product:
 
     @property
     def search_text(self) -> str:
-        """The text upstream indexes for BM25 (`convert_product_file_format.py`)."""
-        option_text = ", and ".join(f"{name}: {', '.join(values)}" for name, values in self.options.items())
-        first_bullet = self.bullet_points[0] if self.bullet_points else ""
-        return f"{self.title} {self.description} {first_bullet} {option_text}".lower()
+        return search_text(self.title, self.description, self.bullet_points, self.options)
 
 
-@dataclass
+_STR_LIST = pa.list_(pa.string())
+PRODUCTS_SCHEMA = pa.schema([
+    ("asin", pa.string()), ("title", pa.string()), ("description", pa.string()),
+    ("bullet_points", _STR_LIST), ("pricing", pa.list_(pa.float64())), ("price_text", pa.string()),
+    ("options", pa.list_(pa.struct([("name", pa.string()), ("values", _STR_LIST)]))),
+    ("attributes", _STR_LIST), ("category", pa.string()), ("query", pa.string()),
+    ("product_category", pa.string()), ("instruction_text", pa.string()),
+    ("instruction_attributes", _STR_LIST),
+    ("human_instructions", pa.list_(pa.struct([("instruction", pa.string()),
+                                               ("instruction_attributes", _STR_LIST),
+                                               ("instruction_options", _STR_LIST)]))),
+])
+
+
+def search_text(title: str, description: str, bullet_points: list[str], options: dict[str, list[str]]) -> str:
+    """The text upstream indexes for BM25 (`convert_product_file_format.py`)."""
+    option_text = ", and ".join(f"{name}: {', '.join(values)}" for name, values in options.items())
+    first_bullet = bullet_points[0] if bullet_points else ""
+    return f"{title} {description} {first_bullet} {option_text}".lower()
+
+
+def products_table(products: Iterable[Product]) -> pa.Table:
+    """Products as rows of `PRODUCTS_SCHEMA` (options as an ordered list of name/values pairs)."""
+    return pa.Table.from_pylist([{
+        "asin": p.asin, "title": p.title, "description": p.description, "bullet_points": p.bullet_points,
+        "pricing": p.pricing, "price_text": p.price_text,
+        "options": [{"name": k, "values": v} for k, v in p.options.items()], "attributes": p.attributes,
+        "category": p.category, "query": p.query, "product_category": p.product_category,
+        "instruction_text": p.instruction_text, "instruction_attributes": p.instruction_attributes,
+        "human_instructions": [{"instruction": h.instruction, "instruction_attributes": h.instruction_attributes,
+                                "instruction_options": h.instruction_options} for h in p.human_instructions],
+    } for p in products], schema=PRODUCTS_SCHEMA)
+
+
+def _product(row: dict) -> Product:
+    row["options"] = {o["name"]: o["values"] for o in row["options"]}
+    row["human_instructions"] = [HumanInstruction(**h) for h in row["human_instructions"]]
+    return Product(**row)
+
+
 class Catalogue:
-    """Products in file order, with an ASIN index. `name` identifies the source for caching and logs."""
+    """Products in file order over one Arrow table, with an ASIN index. `name` identifies the source for
+    caching and logs. A product is decoded from its row when asked for; the last `DECODED_PRODUCTS` decoded stay."""
 
-    name: str
-    products: list[Product]
-    by_asin: dict[str, int] = field(init=False)
+    def __init__(self, name: str, table: pa.Table):
+        if table.schema != PRODUCTS_SCHEMA:
+            raise ValueError(f"catalogue {name}: products table has columns {table.schema.names}, "
+                             f"expected those of PRODUCTS_SCHEMA: {PRODUCTS_SCHEMA.names}")
+        self.name, self.table = name, table
+        self.by_asin = {asin: i for i, asin in enumerate(table.column("asin").to_pylist())}
+        self._decoded: dict[int, Product] = {}  # row -> product, oldest first (the first out when full)
 
-    def __post_init__(self) -> None:
-        self.by_asin = {p.asin: i for i, p in enumerate(self.products)}
+    @classmethod
+    def from_products(cls, name: str, products: Iterable[Product]) -> Catalogue:
+        return cls(name, products_table(products))
 
     def __len__(self) -> int:
-        return len(self.products)
+        return self.table.num_rows
 
     def product(self, asin: str) -> Product:
-        return self.products[self.by_asin[asin]]
+        return self.product_at(self.by_asin[asin])
+
+    def products_at(self, rows: Sequence[int]) -> list[Product]:
+        """The products in `rows`, decoded together when not decoded yet (their rows copied side by side, then
+        converted at once: half the cost of converting them one by one; `Table.take` over a memory-mapped
+        table's many record batches costs ~15 ms a row), then kept."""
+        decoded = self._decoded
+        missing = [r for r in rows if r not in decoded]
+        if not missing:
+            return [decoded[r] for r in rows]
+        missing = list(dict.fromkeys(missing))
+        side_by_side = pa.concat_tables([self.table.slice(r, 1) for r in missing]).combine_chunks()
+        for r, row in zip(missing, side_by_side.to_pylist()):
+            decoded[r] = _product(row)
+        products = [decoded[r] for r in rows]
+        while len(decoded) > DECODED_PRODUCTS:  # the oldest go first (after this call has what it asked for)
+            decoded.pop(next(iter(decoded)))
+        return products
+
+    def product_at(self, row: int) -> Product:
+        product = self._decoded.get(row)
+        return product if product is not None else self.products_at([row])[0]
+
+    @property
+    def products(self) -> Rows:
+        """Every product, in file order, decoded as it is read."""
+        return Rows(self, range(len(self)))
+
+    def rows(self, indices: Sequence[int]) -> Rows:
+        return Rows(self, indices)
+
+    def prices(self) -> dict[str, list[float]]:
+        """ASIN -> `pricing` of every product, in file order (goal building draws prices over all of them)."""
+        return dict(zip(self.by_asin, self.table.column("pricing").to_pylist()))
+
+    def products_where(self, column: str) -> Iterator[Product]:
+        """The products whose `column` is set (not null, not an empty list), in file order."""
+        values = self.table.column(column)
+        mask = pc.is_valid(values)
+        if pa.types.is_list(values.type):
+            mask = pc.and_(mask, pc.greater(pc.fill_null(pc.list_value_length(values), 0), 0))
+        for batch in self.table.filter(mask).to_batches(_BATCH_ROWS):
+            yield from map(_product, batch.to_pylist())
+
+    def search_texts(self) -> Iterator[str]:
+        """Every product's search text, in file order, a batch of rows decoded at a time."""
+        columns = self.table.select(["title", "description", "bullet_points", "options"])
+        for batch in columns.to_batches(_BATCH_ROWS):
+            for r in batch.to_pylist():
+                yield search_text(r["title"], r["description"], r["bullet_points"],
+                                  {o["name"]: o["values"] for o in r["options"]})
+
+
+class Rows(Sequence):
+    """Products of a catalogue by row index (a search's results, or all of them), decoded when read."""
+
+    def __init__(self, catalogue: Catalogue, indices: Sequence[int]):
+        self.catalogue, self.indices = catalogue, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.catalogue.products_at(self.indices[i])
+        return self.catalogue.product_at(self.indices[i])
+
+    def __iter__(self) -> Iterator[Product]:
+        if self.indices == range(len(self.catalogue)):  # all of them: a batch of rows at a time, uncached
+            for batch in self.catalogue.table.to_batches(_BATCH_ROWS):
+                yield from map(_product, batch.to_pylist())
+        else:
+            yield from map(self.catalogue.product_at, self.indices)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None
 
 
 def parse_price(pricing: str, where: str) -> tuple[list[float], str]:
@@ -137,23 +264,25 @@ def _human(entries) -> list[HumanInstruction]:
             for e in entries or []]
 
 
-def load_raw(items_path: str | Path, attrs_path: str | Path, human_path: str | Path | None = None,
-             num_products: int | None = None) -> Catalogue:
-    """Load the official raw product file exactly like upstream `load_products`.
+def iter_raw(items_path: str | Path, attrs_path: str | Path, human_path: str | Path | None = None,
+             num_products: int | None = None) -> Iterator[Product]:
+    """The official raw product file's products, one at a time, processed exactly like upstream `load_products`.
 
-    Products with `asin == 'nan'` or longer than 10 characters, and repeated ASINs, are skipped. Synthetic-goal
-    instructions come from the attribute file; human instructions from `items_human_ins.json` when given.
+    The product file is streamed (the full one is 5.5 GB); the attribute and human-instruction files, keyed by
+    ASIN, are read whole. Products with `asin == 'nan'` or longer than 10 characters, and repeated ASINs, are
+    skipped; `num_products` truncates the raw list first, as upstream does.
     """
     items_path, attrs_path = Path(items_path), Path(attrs_path)
-    raw = _read_json(items_path)
-    if not isinstance(raw, list):
-        raise DataError(f"{items_path}: expected a JSON list of products, got {type(raw).__name__}")
+    if not items_path.is_file():
+        raise DataError(f"{items_path}: data file not found")
     attrs = _read_json(attrs_path)
     human = _read_json(Path(human_path)) if human_path else {}
-    if num_products is not None:
-        raw = raw[:num_products]
-    products, seen = [], set()
-    for i, p in enumerate(raw):
+    seen: set[str] = set()
+    for i, p in iter_json(items_path):
+        if not isinstance(i, int):
+            raise DataError(f"{items_path}: expected a JSON list of products, got an object")
+        if num_products is not None and i >= num_products:
+            return
         where = f"{items_path}: product {i}"
         if not isinstance(p, dict):
             raise DataError(f"{where} is {type(p).__name__}, expected an object")
@@ -169,7 +298,7 @@ def load_raw(items_path: str | Path, attrs_path: str | Path, human_path: str | P
         pricing, price_text = parse_price(p.get("pricing") or "", f"{where} (asin {asin})")
         bullets = p["small_description"]
         attributes, ins_text, ins_attrs = _attributes_for(attrs, asin)
-        products.append(Product(
+        yield Product(
             asin=asin, title=p["name"], description=p["full_description"],
             bullet_points=list(bullets) if isinstance(bullets, list) else [bullets],
             pricing=pricing, price_text=price_text,
@@ -177,12 +306,12 @@ def load_raw(items_path: str | Path, attrs_path: str | Path, human_path: str | P
             attributes=attributes, category=p["category"], query=p["query"].lower().strip(),
             product_category=p["product_category"], instruction_text=ins_text, instruction_attributes=ins_attrs,
             human_instructions=_human(human.get(asin)),
-        ))
-    return Catalogue(items_path.stem, products)
+        )
 
 
-def load_processed(jsonl_path: str | Path, attrs_path: str | Path | None = None) -> Catalogue:
-    """Load the processed JSONL form (`product` already went through `load_products`).
+def iter_processed(jsonl_path: str | Path, attrs_path: str | Path | None = None,
+                   num_products: int | None = None) -> Iterator[Product]:
+    """The processed JSONL form's products, one line at a time (`product` already went through `load_products`).
 
     The attribute file, when given, adds the synthetic-goal instruction fields (the processed records were
     written in upstream's human-goal mode, which leaves them out).
@@ -191,9 +320,10 @@ def load_processed(jsonl_path: str | Path, attrs_path: str | Path | None = None)
     if not jsonl_path.is_file():
         raise DataError(f"{jsonl_path}: data file not found")
     attrs = _read_json(Path(attrs_path)) if attrs_path else None
-    products = []
     with jsonl_path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
+            if num_products is not None and lineno > num_products:
+                return
             where = f"{jsonl_path}: line {lineno}"
             try:
                 p = json.loads(line)["product"]
@@ -206,18 +336,30 @@ def load_processed(jsonl_path: str | Path, attrs_path: str | Path | None = None)
                 ins_text = ins_attrs = None
                 if attrs is not None:
                     _, ins_text, ins_attrs = _attributes_for(attrs, asin)
-                products.append(Product(
+                yield Product(
                     asin=asin, title=p["Title"], description=p["Description"], bullet_points=p["BulletPoints"],
                     pricing=[float(x) for x in p["pricing"]], price_text=p["Price"], options=p["options"],
                     attributes=p["Attributes"], category=p["category"], query=p["query"],
                     product_category=p["product_category"], instruction_text=ins_text,
                     instruction_attributes=ins_attrs, human_instructions=_human(p.get("instructions")),
-                ))
+                )
             except KeyError as e:
                 raise DataError(f"{where} (asin {p.get('asin', '?')}): has no field {e.args[0]!r}") from None
             except (TypeError, ValueError) as e:
                 raise DataError(f"{where} (asin {p.get('asin', '?')}): a field has the wrong type ({e})") from None
-    return Catalogue(jsonl_path.name.split(".")[0], products)
+
+
+def load_raw(items_path: str | Path, attrs_path: str | Path, human_path: str | Path | None = None,
+             num_products: int | None = None) -> Catalogue:
+    """`iter_raw`'s products as a catalogue named after the product file."""
+    return Catalogue.from_products(Path(items_path).stem, iter_raw(items_path, attrs_path, human_path, num_products))
+
+
+def load_processed(jsonl_path: str | Path, attrs_path: str | Path | None = None,
+                   num_products: int | None = None) -> Catalogue:
+    """`iter_processed`'s products as a catalogue named after the JSONL file."""
+    return Catalogue.from_products(Path(jsonl_path).name.split(".")[0],
+                                   iter_processed(jsonl_path, attrs_path, num_products))
 
 
 RAW_FILES = ("items_shuffle_1000.json", "items_shuffle.json")
@@ -227,26 +369,27 @@ ATTR_FILES = {"items_shuffle_1000.json": "items_ins_v2_1000.json", "items_shuffl
 HUMAN_FILE = "items_human_ins.json"
 
 
-def load_dir(data_dir: str | Path, num_products: int | None = None) -> Catalogue:
-    """Load whichever upstream form a data folder holds: raw files first, else the processed JSONL."""
+def iter_dir(data_dir: str | Path, num_products: int | None = None) -> tuple[Path, Iterator[Product]]:
+    """(product file, its products one at a time) for whichever upstream form a data folder holds: raw files
+    first, else the processed JSONL."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found")
     for raw in RAW_FILES:
         if (data_dir / raw).is_file():
             human = data_dir / HUMAN_FILE
-            return _not_empty(load_raw(data_dir / raw, data_dir / ATTR_FILES[raw],
-                                       human if human.is_file() else None, num_products), data_dir / raw)
+            return data_dir / raw, iter_raw(data_dir / raw, data_dir / ATTR_FILES[raw],
+                                            human if human.is_file() else None, num_products)
     if (data_dir / PROCESSED_FILE).is_file():
-        catalogue = load_processed(data_dir / PROCESSED_FILE, data_dir / ATTR_FILES[PROCESSED_FILE])
-        if num_products is not None:
-            catalogue = Catalogue(catalogue.name, catalogue.products[:num_products])
-        return _not_empty(catalogue, data_dir / PROCESSED_FILE)
+        return data_dir / PROCESSED_FILE, iter_processed(data_dir / PROCESSED_FILE,
+                                                         data_dir / ATTR_FILES[PROCESSED_FILE], num_products)
     raise DataError(f"{data_dir}: no product file (expected one of {', '.join(RAW_FILES + (PROCESSED_FILE,))})")
 
 
-def _not_empty(catalogue: Catalogue, source: Path) -> Catalogue:
-    """A catalogue without products would be cached and then fail far from its cause."""
-    if not catalogue.products:
+def load_dir(data_dir: str | Path, num_products: int | None = None) -> Catalogue:
+    """The products of a data folder (`iter_dir`) as an in-memory catalogue named after the product file."""
+    source, products = iter_dir(data_dir, num_products)
+    catalogue = Catalogue.from_products(source.name.split(".")[0], products)
+    if not len(catalogue):  # a catalogue without products would be cached and then fail far from its cause
         raise DataError(f"{source}: no products (expected a JSON list of products)")
     return catalogue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from webshop.catalogue import Catalogue, Product
+from webshop.catalogue import Catalogue, Product, Rows
 from webshop.goals import Goal, GoalSet, build_goals
 from webshop.pages import (BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE, SUB_PAGES, PageState, clickables,
                            item_url, page_nodes, render)
@@ -46,11 +46,12 @@ class Shop:
         self.catalogue = catalogue
         self.goals = goals if goals is not None else build_goals(catalogue)
         # built here unless given (storage.catalogues.open_search_index keeps one beside a stored catalogue)
-        self.search_engine = search_engine or SearchEngine([p.search_text for p in catalogue.products])
+        self.search_engine = search_engine or SearchEngine(catalogue.search_texts())
         self.show_attrs = show_attrs
 
-    def search(self, query: str) -> list[Product]:
-        return [self.catalogue.products[i] for i in self.search_engine.search(query)]
+    def search(self, query: str) -> Rows:
+        """The query's top-50 products, decoded only when a page shows them."""
+        return self.catalogue.rows(self.search_engine.search(query))
 
     def goal(self, goal_idx: int) -> Goal:
         if not 0 <= goal_idx < len(self.goals.goals):

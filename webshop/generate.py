@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import string
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from webshop.catalogue import Catalogue, HumanInstruction, Product
@@ -409,20 +410,23 @@ def _product(rng: random.Random, asin: str, category: _Category) -> Product:
     )
 
 
-def generate_catalogue(num_products: int = 300, seed: int = 0) -> Catalogue:
-    """`num_products` products from `random.Random(seed)`, categories in equal shares (±1), shuffled like
-    upstream's `items_shuffle`; same arguments, identical catalogue."""
+def iter_generated(num_products: int = 300, seed: int = 0) -> Iterator[Product]:
+    """`num_products` products from `random.Random(seed)`, one at a time, categories in equal shares (±1),
+    shuffled like upstream's `items_shuffle`; same arguments, identical products."""
     if num_products < 0:
         raise ValueError(f"num_products must be >= 0, got {num_products}")
     rng = random.Random(seed)
     categories = [_CATEGORIES[i % len(_CATEGORIES)] for i in range(num_products)]
     rng.shuffle(categories)
     asins: set[str] = set()
-    products = []
     for category in categories:
         asin = "B0" + "".join(rng.choices(ASIN_CHARS, k=8))
         while asin in asins:
             asin = "B0" + "".join(rng.choices(ASIN_CHARS, k=8))
         asins.add(asin)
-        products.append(_product(rng, asin, category))
-    return Catalogue(f"generated-{num_products}-seed{seed}", products)
+        yield _product(rng, asin, category)
+
+
+def generate_catalogue(num_products: int = 300, seed: int = 0) -> Catalogue:
+    """`iter_generated`'s products as an in-memory catalogue."""
+    return Catalogue.from_products(f"generated-{num_products}-seed{seed}", iter_generated(num_products, seed))

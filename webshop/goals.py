@@ -74,13 +74,13 @@ class GoalSet:
 def product_prices(catalogue: Catalogue, rng: random.Random) -> dict[str, float]:
     """Upstream `generate_product_prices`: 100.0 if unpriced, the price, or uniform over a two-value range."""
     prices = {}
-    for p in catalogue.products:
-        if not p.pricing:
-            prices[p.asin] = 100.0
-        elif len(p.pricing) == 1:
-            prices[p.asin] = p.pricing[0]
+    for asin, pricing in catalogue.prices().items():
+        if not pricing:
+            prices[asin] = 100.0
+        elif len(pricing) == 1:
+            prices[asin] = pricing[0]
         else:
-            prices[p.asin] = rng.uniform(*p.pricing[:2])
+            prices[asin] = rng.uniform(*pricing[:2])
     return prices
 
 
@@ -96,9 +96,7 @@ def synthetic_goals(catalogue: Catalogue, prices: dict[str, float], rng: random.
     """One goal per combination of option values of every product with an instruction (option names sorted)."""
     goals: list[Goal] = []
     attribute_counts: dict[str, int] = defaultdict(int)
-    for p in catalogue.products:
-        if p.instruction_text is None:
-            continue
+    for p in catalogue.products_where("instruction_text"):
         if not p.instruction_attributes:
             raise ValueError(f"product {p.asin}: has an instruction but no instruction_attributes")
         upper, price_text = _price_cap(prices[p.asin], rng)
@@ -123,7 +121,7 @@ def synthetic_goals(catalogue: Catalogue, prices: dict[str, float], rng: random.
 def human_goals(catalogue: Catalogue, prices: dict[str, float], rng: random.Random) -> list[Goal]:
     """One goal per crowd-sourced instruction with at least one attribute; weight 1."""
     goals = []
-    for p in catalogue.products:
+    for p in catalogue.products_where("human_instructions"):
         for h in p.human_instructions:
             if not h.instruction_attributes:
                 continue

@@ -16,6 +16,7 @@ gives '\n' (dropped) if it holds a newline and ' ' otherwise, anything else is k
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -43,7 +44,7 @@ class PageState:
     options: dict[str, str] = field(default_factory=dict)
     sub_page: str | None = None
     visited: set[str] = field(default_factory=set)    # ASINs opened this session (text_rich marks them)
-    results: list[Product] = field(default_factory=list)  # the current search's top-50 products
+    results: Sequence[Product] = ()      # the current search's top-50 products
     reward: float = 0.0
     reward_info: dict | None = None
 

@@ -1,0 +1,138 @@
+"""A storage root on an object store (issue 14): `s3://bucket/prefix` through a real S3 API (moto's server)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage import remote
+from storage.stages import reuse_done, stage_dir, stage_output
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bucket(name: str) -> str:
+    fs = remote.filesystem("s3")
+    if not fs.exists(name):
+        fs.mkdir(name)
+    return f"s3://{name}/root"
+
+
+def _publish_weights(url: str, key: str, rows: list[int]) -> Path:
+    folder = stage_dir("r", "weights", key, 1, url)
+    with stage_output(folder, {"stage": "weights", "key": key}) as tmp:
+        pq.write_table(pa.table({"x": rows}), tmp / "weights.parquet")
+    return folder
+
+
+def test_a_stage_published_by_one_cache_is_read_by_another(s3_server, tmp_path, monkeypatch):
+    """Worker A publishes a stage (tables, then the manifest) to the store; worker B, with a cache of its own,
+    finds it done and reads the same table; an upload cut short before its manifest counts as not done, and
+    `clean` removes it."""
+    url = _bucket("share")
+    monkeypatch.setenv("APO_CACHE", str(tmp_path / "a"))
+    a = _publish_weights(url, "0123456789ab", [1, 2, 3])
+    fs = remote.filesystem("s3")
+    stored = sorted(k.rsplit("/", 1)[1] for k in fs.find("share/root/runs/r/iter=0001/weights/0123456789ab"))
+    assert stored == ["manifest.json", "weights.parquet"]
+
+    monkeypatch.setenv("APO_CACHE", str(tmp_path / "b"))
+    b = stage_dir("r", "weights", "0123456789ab", 1, url)
+    assert b != a and not b.exists()
+    assert reuse_done(b, "weights", force=False, cached_only=False)
+    assert pq.read_table(b / "weights.parquet") == pq.read_table(a / "weights.parquet")
+
+    half = "share/root/runs/r/iter=0001/weights/ba9876543210"
+    fs.pipe(f"{half}/weights.parquet", (a / "weights.parquet").read_bytes())  # the manifest never came
+    unfinished = stage_dir("r", "weights", "ba9876543210", 1, url)
+    assert not reuse_done(unfinished, "weights", force=False, cached_only=False)
+    assert not unfinished.exists()
+    assert remote.Remote(url).clean("runs") == [half]
+    assert not fs.exists(half) and fs.exists("share/root/runs/r/iter=0001/weights/0123456789ab/manifest.json")
+
+
+def test_apo_sql_answers_over_an_s3_root_from_an_empty_cache(s3_server, tmp_path):
+    """`apo sql --home s3://...` on a machine that never ran the run: records come from the store and DuckDB
+    reads the tables through the store (fsspec), not from the cache."""
+    url = _bucket("sql")
+    env_a = {**s3_server, "APO_CACHE": str(tmp_path / "a")}
+    code = ("import json, sys; from stages.pipeline import _write_json; from storage.layout import storage_root;"
+            "from tests.test_remote import _publish_weights;"
+            f"f = _publish_weights({url!r}, 'aaaaaaaaaaaa', [1, 2, 3]);"
+            f"_write_json(storage_root({url!r}) / 'runs/r/iter=0001/iteration.json', "
+            "{'iteration': 1, 'weights': str(f.relative_to(storage_root(" + repr(url) + "))), 'checkpoint': 'x'})")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**_env(), **env_a}, check=True)
+    out = subprocess.run([sys.executable, "-m", "apo.cli", "sql", "--home", url,
+                          "SELECT run, iteration, count(*) FROM weights GROUP BY 1, 2"],
+                         cwd=REPO, env={**_env(), **s3_server, "APO_CACHE": str(tmp_path / "b")},
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1:] == ["r\t1\t3"]
+    assert not list((tmp_path / "b").rglob("weights.parquet"))  # read from the store
+
+
+def _env() -> dict:
+    import os
+    return {k: v for k, v in os.environ.items() if not k.startswith("APO_")}
+
+
+def test_a_root_url_of_another_scheme_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "apo.cli", "sql", "--home", "gs://bucket/root", "SELECT 1"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        "storage root 'gs://bucket/root': expected a local folder or s3://bucket[/prefix]"), out.stderr
+
+
+def _apo_train(output_dir: str, model: Path, num_steps: int, env: dict) -> None:
+    args = [sys.executable, "-m", "apo.cli", "train", "--output-dir", output_dir, "--run", "shared",
+            "--model", str(model), "--engine", "hf", "--dtype", "float32", "--num-steps", str(num_steps),
+            "--eval-goals", "1", "--batch-size", "1", "--rollout-samples", "2", "--v-star-samples", "2",
+            "--reference-block", "1", "--sft-demos", "3", "--sft-batch-episodes", "1", "--sft-epochs", "1",
+            "--max-episode-steps", "6", "--max-new-tokens", "8", "--eval-frequency", "1"]
+    out = subprocess.run(args, cwd=REPO, env={**_env(), **env}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.slow  # three tiny `apo train` runs: about 3 minutes on an idle 2-core machine, 9 on a busy one
+def test_two_workers_with_their_own_caches_continue_one_run_on_s3(s3_server, tiny_model, tmp_path):
+    """Worker A runs iteration 1 of a run on an s3:// root; worker B, with an empty cache of its own, continues
+    it to iteration 2, taking A's stages (warm start, reference, iteration 1's checkpoint) from the store
+    instead of recomputing them. The store ends with the same tables, records and checkpoints as the same two
+    iterations run in one go on a local root (hf engine, fixed seed)."""
+    import test_faults
+    from test_faults import assert_same
+
+    url = _bucket("e2e")
+    fs = remote.filesystem("s3")
+    _apo_train(str(tmp_path / "local"), tiny_model, 2, {})
+    _apo_train(url, tiny_model, 1, {**s3_server, "APO_CACHE": str(tmp_path / "a")})
+    first = {k: v["LastModified"] for k, v in fs.find("e2e/root/runs", detail=True).items()}
+    _apo_train(url, tiny_model, 2, {**s3_server, "APO_CACHE": str(tmp_path / "b")})
+    after = fs.find("e2e/root/runs", detail=True)
+    rewritten = sorted(k for k, t in first.items() if after[k]["LastModified"] != t and not k.endswith(".json"))
+    assert rewritten == [], "worker B recomputed stages worker A had published"
+    assert list((tmp_path / "b").rglob("iter=0001/train/*/checkpoint/model.safetensors"))  # fetched, once
+
+    store = tmp_path / "store"
+    fs.get("e2e/root/runs/", str(store / "runs") + "/", recursive=True)
+    monkey = test_faults.RUN
+    test_faults.RUN = "shared"
+    try:
+        tables = test_faults.run_tables(store)
+        expected = test_faults.run_tables(tmp_path / "local")
+    finally:
+        test_faults.RUN = monkey
+    caches = [str(tmp_path / w / "s3" / "e2e" / "root") for w in ("a", "b")]
+    for name, value in tables.items():  # the episodes' checkpoint column names the writer's own cache
+        if not name.endswith(".safetensors"):
+            text = json.dumps(value)
+            for cache in caches:
+                text = text.replace(cache, "<root>")
+            tables[name] = json.loads(text)
+    assert_same(tables, expected)
