@@ -135,4 +135,8 @@ def test_two_workers_with_their_own_caches_continue_one_run_on_s3(s3_server, tin
             for cache in caches:
                 text = text.replace(cache, "<root>")
             tables[name] = json.loads(text)
+    for records in (tables, expected):  # a record keeps the command's config: its root, and A's --num-steps 1
+        for name in (n for n in records if n.endswith("iteration.json")):
+            assert records[name]["config"].pop("output_dir") in (url, "<root>")  # run_tables wrote <root>
+            assert records[name]["config"].pop("num_steps") in (1, 2)
     assert_same(tables, expected)
