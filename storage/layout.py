@@ -80,6 +80,8 @@ def writable_root(root: str | Path | None = None) -> Path:
     one line when it cannot be written (a read-only mount or snapshot, another user's folder), before anything
     starts (Prefect's temporary server, whose home is in the root, would wait 80 s and fail with a traceback)."""
     path = _as_given(root)
+    if store := remote.remote_for(path):
+        remote.check_writable(store.url)
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".tmp-write-probe-", dir=path)

@@ -187,6 +187,31 @@ def push_stage(folder: Path) -> None:
         remote.push(folder)
 
 
+def ensure_pushed(folder: Path) -> None:
+    """A stage done in the cache but not on the store (its upload failed: a lost connection, a kill between the
+    local rename and the manifest's upload) is uploaded now, when a command next finds it done."""
+    remote = remote_for(folder)
+    if remote is None:
+        return
+    manifest = f"{remote.key(folder)}/{MANIFEST}"
+    remote.fs.invalidate_cache(manifest)
+    if not remote._io("read", manifest, remote.fs.exists, manifest):
+        remote.push(Path(folder))
+
+
+def check_writable(url: str) -> None:
+    """One small object written and removed: a missing bucket, wrong credentials or an unreachable endpoint is
+    one line before a run starts, not an error after its first stage computed."""
+    remote = Remote(url)
+    probe = f"{remote.base}/.write-probe-{os.getpid()}"
+    try:
+        remote.fs.pipe(probe, b"")
+        remote.fs.rm(probe)
+    except Exception as e:  # s3fs and botocore raise many types (FileNotFoundError, PermissionError, ...)
+        raise ValueError(f"storage root {url} is not writable ({type(e).__name__}: {str(e).splitlines()[0][:160]}): "
+                         "check the bucket and the AWS_* settings") from None
+
+
 def pull_stage(folder: Path) -> bool:
     """Fetch a published stage folder the cache lacks; whether the store had it."""
     remote = remote_for(folder)

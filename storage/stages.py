@@ -64,6 +64,7 @@ def reuse_done(folder: Path, stage: str, force: bool, cached_only: bool) -> bool
     done is an error with `cached_only` (a replay must not compute it); otherwise the caller computes it."""
     done = read_manifest(folder) is not None or (not force and remote.pull_stage(folder))
     if done and not force:
+        remote.ensure_pushed(folder)  # a URL root: an upload that failed before is made now
         log.info("%s: done already (%s), skipped", stage, folder)
         return True
     if cached_only and not done:

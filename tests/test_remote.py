@@ -140,3 +140,27 @@ def test_two_workers_with_their_own_caches_continue_one_run_on_s3(s3_server, tin
             assert records[name]["config"].pop("output_dir") in (url, "<root>")  # run_tables wrote <root>
             assert records[name]["config"].pop("num_steps") in (1, 2)
     assert_same(tables, expected)
+
+
+def test_a_stage_whose_upload_failed_is_uploaded_when_next_found_done(s3_server, tmp_path, monkeypatch):
+    """The local rename is the cache's commit, the manifest's upload the store's: a stage done in the cache whose
+    upload did not finish (here: its manifest removed from the store) is uploaded when a command next reuses it,
+    instead of never reaching the other workers."""
+    url = _bucket("heal")
+    monkeypatch.setenv("APO_CACHE", str(tmp_path / "a"))
+    folder = _publish_weights(url, "cccccccccccc", [4, 5])
+    fs = remote.filesystem("s3")
+    manifest = "heal/root/runs/r/iter=0001/weights/cccccccccccc/manifest.json"
+    fs.rm(manifest)
+    assert reuse_done(folder, "weights", force=False, cached_only=False)
+    fs.invalidate_cache()
+    assert fs.exists(manifest)
+
+
+def test_a_missing_bucket_is_one_line_before_a_run_starts(s3_server):
+    from storage.layout import writable_root
+
+    with pytest.raises(ValueError, match=r"^storage root s3://no-such-bucket/root is not writable \(.*\): check "
+                                         r"the bucket and the AWS_\* settings$"):
+        writable_root("s3://no-such-bucket/root")
+    assert writable_root(_bucket("fine")).is_dir()
