@@ -8,9 +8,9 @@ Every process computes in a local cache of the root and the store is what worker
     commit marker on the store as on disk: a reader trusts only folders whose manifest is there, and an upload
     cut short (a kill, a lost connection) leaves files without one, which readers ignore and the next push of
     the same stage overwrites. Records (`config.json`, `iteration.json`) are single objects, written whole.
-  * `pull(prefix)`: every published stage folder under a prefix of the root that the cache lacks is
-    downloaded into a temporary folder beside its place and renamed into it (the local rename stays the local
-    commit), and records are refreshed. A checkpoint is downloaded once per cache: its folder is keyed.
+  * `pull_stage(folder)`: a published stage folder the cache lacks is downloaded into a temporary folder
+    beside its place and renamed into it (the local rename stays the local commit); a checkpoint is so
+    downloaded once per cache (its folder is keyed). `pull_records(folder)` refreshes the records below it.
 
 The endpoint, region and credentials come from the standard AWS settings (`AWS_ENDPOINT_URL`,
 `AWS_ACCESS_KEY_ID`, ...), which s3fs reads. Listing or reading the store is an `OSError` naming the root.
@@ -88,26 +88,21 @@ class Remote:
         """Upload a record (one object, written whole)."""
         self._io("upload", path, self.fs.put_file, str(path), self.key(path))
 
-    def pull(self, prefix: str, records_only: bool = False) -> list[Path]:
-        """Download what the store has under `prefix` (relative to the root) and the cache lacks: published
-        stage folders whole (unless `records_only`), records when they differ. Returns the local folders and
-        records it wrote."""
+    def pull_records(self, prefix: str) -> None:
+        """Download every record (`config.json`, `iteration.json`, not those inside a stage folder) under
+        `prefix` (relative to the root). Always: records are a few KB, and a replay rewrites one with folder
+        keys of the same length, so neither size nor name tells a stale copy."""
         remote = f"{self.base}/{prefix.strip('/')}"
         found = self._io("list", remote, self._find, remote)
-        got = []
         for key in sorted(found):
             rel = key[len(self.base) + 1:]
             name = rel.rsplit("/", 1)[-1]
-            local = self.cache / rel
-            if name == MANIFEST and not local.is_file() and not records_only:
-                got.append(self._pull_folder(local.parent, key.rsplit("/", 1)[0]))
-            elif name in RECORDS and not self._inside_stage(rel, found) and self._differs(local, found[key]):
+            if name in RECORDS and not self._inside_stage(rel, found):
+                local = self.cache / rel
                 local.parent.mkdir(parents=True, exist_ok=True)
                 tmp = local.with_name(f".tmp-{name}-{os.getpid()}")
                 self._io("download", key, self.fs.get_file, key, str(tmp))
                 os.replace(tmp, local)
-                got.append(local)
-        return got
 
     def _find(self, remote: str) -> dict:
         self.fs.invalidate_cache(remote)  # s3fs caches listings: another worker may have published since
@@ -118,10 +113,6 @@ class Remote:
         folder = rel.rsplit("/", 1)[0]
         parts = folder.split("/")
         return any(f"{self.base}/{'/'.join(parts[:i])}/{MANIFEST}" in found for i in range(1, len(parts) + 1))
-
-    @staticmethod
-    def _differs(local: Path, info: dict) -> bool:
-        return not local.is_file() or local.stat().st_size != info.get("size")
 
     def _pull_folder(self, folder: Path, remote: str) -> Path:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -233,4 +224,4 @@ def push_record(path: Path) -> None:
 def pull_records(folder: Path) -> None:
     """Refresh the records (`config.json`, `iteration.json`) under a local folder from the store."""
     if remote := remote_for(folder):
-        remote.pull(Path(os.path.abspath(folder)).relative_to(remote.cache).as_posix(), records_only=True)
+        remote.pull_records(Path(os.path.abspath(folder)).relative_to(remote.cache).as_posix())

@@ -164,3 +164,22 @@ def test_a_missing_bucket_is_one_line_before_a_run_starts(s3_server):
                                          r"the bucket and the AWS_\* settings$"):
         writable_root("s3://no-such-bucket/root")
     assert writable_root(_bucket("fine")).is_dir()
+
+
+def test_a_record_rewritten_at_the_same_size_is_refreshed(s3_server, tmp_path, monkeypatch):
+    """A replay rewrites iteration.json with new folder keys of the same length: the other cache must see the
+    new record, not keep its copy because the size did not change."""
+    url = _bucket("records")
+    monkeypatch.setenv("APO_CACHE", str(tmp_path / "a"))
+    from storage.layout import storage_root
+
+    a = storage_root(url) / "runs/r/iter=0001/iteration.json"
+    a.parent.mkdir(parents=True)
+    for key in ("aaaaaaaaaaaa", "bbbbbbbbbbbb"):
+        a.write_text(json.dumps({"train": f"runs/r/iter=0001/train/{key}"}))
+        remote.push_record(a)
+        monkeypatch.setenv("APO_CACHE", str(tmp_path / "b"))
+        b_run = storage_root(url) / "runs/r"
+        remote.pull_records(b_run)
+        assert json.loads((b_run / "iter=0001/iteration.json").read_text())["train"].endswith(key)
+        monkeypatch.setenv("APO_CACHE", str(tmp_path / "a"))

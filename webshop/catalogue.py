@@ -33,7 +33,7 @@ _DROPPED_KEYS = (
 )
 RAW_REQUIRED = ("asin", "name", "full_description", "small_description", "customization_options",
                 "category", "query", "product_category")
-DECODED_PRODUCTS = 8192  # products a catalogue keeps decoded (least recently used go first)
+DECODED_PRODUCTS = 8192  # products a catalogue keeps decoded (the first decoded go first)
 _BATCH_ROWS = 20_000  # rows decoded at a time when reading many
 
 
@@ -110,6 +110,12 @@ def _product(row: dict) -> Product:
     return Product(**row)
 
 
+def _decode_all(table: pa.Table) -> Iterator[Product]:
+    """Every row's product, `_BATCH_ROWS` rows converted at a time (not kept: a pass over many products)."""
+    for batch in table.to_batches(_BATCH_ROWS):
+        yield from map(_product, batch.to_pylist())
+
+
 class Catalogue:
     """Products in file order over one Arrow table, with an ASIN index. `name` identifies the source for
     caching and logs. A product is decoded from its row when asked for; the last `DECODED_PRODUCTS` decoded stay."""
@@ -171,8 +177,7 @@ class Catalogue:
         mask = pc.is_valid(values)
         if pa.types.is_list(values.type):
             mask = pc.and_(mask, pc.greater(pc.fill_null(pc.list_value_length(values), 0), 0))
-        for batch in self.table.filter(mask).to_batches(_BATCH_ROWS):
-            yield from map(_product, batch.to_pylist())
+        yield from _decode_all(self.table.filter(mask))
 
     def search_texts(self) -> Iterator[str]:
         """Every product's search text, in file order, a batch of rows decoded at a time."""
@@ -199,8 +204,7 @@ class Rows(Sequence):
 
     def __iter__(self) -> Iterator[Product]:
         if self.indices == range(len(self.catalogue)):  # all of them: a batch of rows at a time, uncached
-            for batch in self.catalogue.table.to_batches(_BATCH_ROWS):
-                yield from map(_product, batch.to_pylist())
+            yield from _decode_all(self.catalogue.table)
         else:
             yield from map(self.catalogue.product_at, self.indices)
 
