@@ -32,6 +32,13 @@ class Config(TrainParams, WeightsParams, RolloutParams):
     hardware computes it natively (CUDA >= 8.0, CPUs with avx512_bf16/AMX), float16 on older GPUs, else
     float32 (and float32 for an engine of a model under 1B parameters: it samples from the trainer's fp32 weights);
     or float32, bfloat16, float16. The choice and its reason are logged."""
+    tensor_parallel_size: int = 1
+    """GPUs one vLLM engine spans (vLLM's tensor_parallel_size; the vllm engine only)."""
+    shards: int = 1
+    """Split each sampling stage (reference, rollout, eval) by goal into this many shards, each a stage of its own
+    with an engine of its own, merged by a DuckDB step (stages/shards.py). Run by the Prefect flow: in turn in its
+    own process, or with the flow parameter shard_deployment as flow runs that any worker of the pool takes (one
+    per GPU of a node: a worker per GPU)."""
     run: str = "default"
     """Run name: its tables live under runs/<run>/ of the storage root."""
     output_dir: str | None = None
@@ -89,6 +96,8 @@ class Config(TrainParams, WeightsParams, RolloutParams):
             raise ValueError(f"--num-products must be >= 1, got {self.num_products}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.tensor_parallel_size > 1 and self.engine == "hf":
+            raise ValueError(f"--tensor-parallel-size {self.tensor_parallel_size} needs --engine vllm (hf runs one device)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if self.goal_kind not in ("synthetic", "human"):
@@ -97,7 +106,7 @@ class Config(TrainParams, WeightsParams, RolloutParams):
             raise ValueError(f"--num-steps must be >= 0 (0: only iteration 0), got {self.num_steps}")
         for name in ("batch_size", "rollout_samples", "v_star_samples", "reference_block", "eval_frequency",
                      "eval_goals", "save_frequency", "max_new_tokens", "max_episode_steps", "max_prompt_tokens",
-                     "sft_epochs", "sft_batch_episodes"):
+                     "sft_epochs", "sft_batch_episodes", "shards", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.sft_demos < 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from stages.rollout import RolloutParams, episode_requests, rollout_stage
+from stages.shards import merge_stage
 from webshop.metrics import score_ci, wilson
 
 EVAL_SCHEMA = pa.schema([
@@ -41,14 +42,27 @@ def summarize(episode_rows: list[dict], iteration: int | None, split: str, check
 
 def eval_stage(engine_factory, shop, goals: list[int], params: RolloutParams, *, run: str, iteration: int | None,
                checkpoint: str, inputs: dict[str, str], split: str = "test", root=None, progress: bool = True,
-               force: bool = False, cached_only: bool = False):
+               force: bool = False, cached_only: bool = False, shard: int | None = None):
     """One episode per goal at `params.temperature` (0: greedy, what the learning curve reports); the folder
-    also holds eval.parquet. `iteration` None: an evaluation outside a run's iterations (`apo eval`)."""
+    also holds eval.parquet (a `shard`'s does not: its merge, `merge_eval`, does). `iteration` None: an evaluation
+    outside a run's iterations (`apo eval`)."""
     if not goals:
         raise ValueError(f"eval split {split!r} has no goals")
     return rollout_stage(engine_factory, shop, episode_requests(goals, 1), params,
                          run=run, stage="eval", iteration=iteration, checkpoint=checkpoint,
                          inputs={**inputs, "split": split}, root=root, progress=progress, force=force,
-                         cached_only=cached_only,
-                         extra_tables=lambda rows: {"eval": summarize(rows, iteration, split, checkpoint,
-                                                                      params.temperature)})
+                         cached_only=cached_only, shard=shard,
+                         extra_tables=None if shard is not None else _summary_table(iteration, split, checkpoint,
+                                                                                    params.temperature))
+
+
+def merge_eval(shards, *, run: str, iteration: int | None, checkpoint: str, temperature: float, split: str = "test",
+               root=None, force: bool = False, cached_only: bool = False):
+    """The eval shards merged into one eval folder, eval.parquet computed over all their episodes."""
+    return merge_stage(shards, run=run, stage="eval", iteration=iteration, root=root, force=force,
+                       cached_only=cached_only,
+                       extra_tables=_summary_table(iteration, split, checkpoint, temperature))
+
+
+def _summary_table(iteration: int | None, split: str, checkpoint: str, temperature: float):
+    return lambda rows: {"eval": summarize(rows, iteration, split, checkpoint, temperature)}

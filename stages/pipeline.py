@@ -11,6 +11,10 @@ i = 1). Iteration 0 is the reference model's own evaluation, the start of the le
 iteration, `runs/<run>/iter=<i>/iteration.json` records the folders it used, which is how iteration i+1 (or a
 replay of i) finds them.
 
+Sharding (`config.shards` > 1): each sampling stage (reference, rollout, eval) is split by goal into shards, each
+a stage of its own that any worker can play with its own engine (`run_shard`), then merged by a DuckDB step
+(`run_merge`, stages/shards.py) into the folder the later stages read.
+
 A*-PO stage 1, as the paper runs it: the reference samples of a whole block of iterations' goals in one pass
 (`reference_block`), cached in one folder that every iteration of the block reads (only its own goals count).
 
@@ -40,15 +44,16 @@ from pathlib import Path
 from stages.config import Config
 from policy.engines import make_engine, vllm_cache_dir
 from policy.models import resolve_model
-from stages.evaluate import eval_stage
+from stages.evaluate import eval_stage, merge_eval
 from stages.report import eval_row, iteration_metrics, plot_curves, reported_eval_row, sample_episodes_markdown
 from stages.rollout import episode_requests, reference_samples, rollout_stage
+from stages.shards import merge_stage, split_requests
 from stages.sft import demos_stage, sft_stage
 from stages.train import train_stage
 from stages.weights import weights_stage
 from storage import remote
 from storage.faults import fault_point
-from storage.layout import record_as_read, record_to_store, storage_root, writable_root
+from storage.layout import from_root, record_as_read, record_to_store, root_relative, storage_root, writable_root
 from storage.locks import writer_lock
 from storage.stages import MANIFEST
 
@@ -265,7 +270,8 @@ def engine_for(config: Config):
             cache = vllm_cache_dir(storage_root(config.output_dir))  # not inside the checkpoint's stage folder
             _ENGINE.update(checkpoint=str(checkpoint),
                            engine=make_engine(config.engine, checkpoint, seed=config.seed, cache_dir=cache,
-                                              dtype=config.dtype))
+                                              dtype=config.dtype,
+                                              tensor_parallel_size=config.tensor_parallel_size))
         return _ENGINE["engine"]
     return factory
 
@@ -316,24 +322,91 @@ def reference_block(config: Config, iteration: int) -> dict[int, int]:
     return samples
 
 
-def run_reference(config: Config, iteration: int, from_stage: str | None = None) -> str:
-    """A*-PO stage 1 for the block of `iteration` (computed by the block's first iteration to need it)."""
-    samples = reference_block(config, iteration)
-    return str(_stage("reference", from_stage, lambda force, cached_only: rollout_stage(
-        engine_for(config), shop(config), episode_requests(list(samples), list(samples.values())),
-        config.rollout_params(),
-        run=shared_run(config), stage="reference", iteration=None, checkpoint=str(reference_model(config)),
-        inputs=_inputs(config),
-        root=config.output_dir, force=force, cached_only=cached_only)))
+SAMPLING = ("reference", "rollout", "eval")  # the stages an engine plays, which `config.shards` splits
 
 
-def run_rollout(config: Config, iteration: int, from_stage: str | None = None) -> str:
-    goals = goal_batch(config, iteration)
-    return str(_stage("rollout", from_stage, lambda force, cached_only: rollout_stage(
-        engine_for(config), shop(config), episode_requests(goals, config.rollout_samples),
-        config.rollout_params(), run=config.run, stage="rollout", iteration=iteration,
-        checkpoint=str(policy_checkpoint(config, iteration)), inputs=_inputs(config), root=config.output_dir,
-        force=force, cached_only=cached_only)))
+def _sampler(config: Config, stage: str, iteration: int, train: str | None = None):
+    """A sampling stage of iteration i as (requests, play, merge): `play(requests, **kw)` runs it on those
+    requests (rollout_stage / eval_stage; kw: force, cached_only, shard), `merge(shard_folders, **kw)` merges its
+    shards. reference: A*-PO stage 1 for the block of `iteration`, in the shared run (computed by the block's first
+    iteration to need it); rollout: the iteration's goals from the policy it acts with; eval: greedy on the first
+    eval_goals test goals, of iteration i's checkpoint (`train`: its train folder, absolute or root-relative) or,
+    for iteration 0 (train None), of the reference model in the shared run (one evaluation serves every run that
+    shares the reference)."""
+    if stage not in SAMPLING:
+        raise ValueError(f"stage {stage!r} is not one of {', '.join(SAMPLING)}")
+    root, inputs, params = config.output_dir, _inputs(config), config.rollout_params()
+    if stage == "eval":
+        if train:
+            train = str(from_root(train, root))
+            remote.pull_stage(Path(train))  # a URL root: trained by another worker, fetched once
+        goals = list(shop(config).goals.split("test"))[:config.eval_goals]
+        checkpoint = str(Path(train) / "checkpoint" if train else reference_model(config))
+        run, params = (config.run if train else shared_run(config)), replace(params, temperature=0.0)
+
+        def play(requests, **kw):
+            return eval_stage(engine_for(config), shop(config), [g for g, _ in requests], params, run=run,
+                              iteration=iteration, checkpoint=checkpoint, inputs=inputs, root=root, **kw)
+
+        def merge(shards, **kw):
+            return merge_eval(shards, run=run, iteration=iteration, checkpoint=checkpoint,
+                              temperature=params.temperature, root=root, **kw)
+        return episode_requests(goals, 1), play, merge
+    if stage == "reference":
+        samples = reference_block(config, iteration)
+        requests = episode_requests(list(samples), list(samples.values()))
+        run, label, checkpoint = shared_run(config), None, reference_model(config)
+    else:
+        requests = episode_requests(goal_batch(config, iteration), config.rollout_samples)
+        run, label, checkpoint = config.run, iteration, policy_checkpoint(config, iteration)
+
+    def play(requests, **kw):
+        return rollout_stage(engine_for(config), shop(config), requests, params, run=run, stage=stage,
+                             iteration=label, checkpoint=str(checkpoint), inputs=inputs, root=root, **kw)
+
+    def merge(shards, **kw):
+        return merge_stage(shards, run=run, stage=stage, iteration=label, root=root, **kw)
+    return requests, play, merge
+
+
+def run_sampling(config: Config, stage: str, iteration: int, from_stage: str | None = None,
+                 train: str | None = None) -> str:
+    """A sampling stage in one piece (see `_sampler`); its folder."""
+    requests, play, _ = _sampler(config, stage, iteration, train)
+    return str(_stage(stage, from_stage, lambda force, cached_only: play(requests, force=force,
+                                                                        cached_only=cached_only)))
+
+
+def shard_count(config: Config, stage: str, iteration: int, train: str | None = None) -> int:
+    """How many shards the stage has: `config.shards`, or fewer when it has fewer goals."""
+    return len(split_requests(_sampler(config, stage, iteration, train)[0], config.shards))
+
+
+def run_shard(config: Config, stage: str, iteration: int, index: int, from_stage: str | None = None,
+              train: str | None = None) -> str:
+    """Shard `index` of a sampling stage split into `config.shards` by goal (stages/shards.py); its folder."""
+    requests, play, _ = _sampler(config, stage, iteration, train)
+    part = split_requests(requests, config.shards)[index]
+    return str(_stage(stage, from_stage, lambda force, cached_only: play(part, shard=index, force=force,
+                                                                        cached_only=cached_only)))
+
+
+def run_merge(config: Config, stage: str, iteration: int, from_stage: str | None = None,
+              train: str | None = None) -> str:
+    """The merge of a sharded stage whose shards are done (here, or by any worker: taken from the storage root;
+    one clear line naming a shard that is not); the folder the stages after it read."""
+    requests, play, merge = _sampler(config, stage, iteration, train)
+    shards = [play(part, shard=s, cached_only=True)
+              for s, part in enumerate(split_requests(requests, config.shards))]
+    return str(_stage(stage, from_stage, lambda force, cached_only: merge(shards, force=force,
+                                                                         cached_only=cached_only)))
+
+
+def shard_parameters(config: Config, stage: str, iteration: int, index: int, from_stage: str | None,
+                     train: str | None) -> dict:
+    """`run_shard`'s arguments as a flow run on another worker takes them: JSON, paths relative to the root."""
+    return {"config": asdict(config), "stage": stage, "iteration": iteration, "index": index,
+            "from_stage": from_stage, "train": root_relative(train, config.output_dir) if train else None}
 
 
 def run_weights(config: Config, iteration: int, reference: str, rollout: str,
@@ -353,17 +426,6 @@ def run_train(config: Config, iteration: int, weights: str, rollout: str, from_s
 
 def eval_due(config: Config, iteration: int) -> bool:
     return iteration % config.eval_frequency == 0 or iteration == config.num_steps
-
-
-def run_eval(config: Config, iteration: int, train: str | None, from_stage: str | None = None) -> str:
-    """Greedy evaluation of iteration i's checkpoint; iteration 0 (train None) evaluates the reference model,
-    in the shared run (one evaluation serves every run that shares the reference)."""
-    goals = list(shop(config).goals.split("test"))[:config.eval_goals]
-    checkpoint = Path(train) / "checkpoint" if train else reference_model(config)
-    return str(_stage("eval", from_stage, lambda force, cached_only: eval_stage(
-        engine_for(config), shop(config), goals, replace(config.rollout_params(), temperature=0.0),
-        run=config.run if train else shared_run(config), iteration=iteration, checkpoint=str(checkpoint),
-        inputs=_inputs(config), root=config.output_dir, force=force, cached_only=cached_only)))
 
 
 def eval_checkpoint(config: Config, checkpoint: str | None = None, iteration: int | None = None,

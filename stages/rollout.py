@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from policy.engines import Completion, Sampling
 from policy.prompts import PromptConfig, Turn, encode_prompt, parse_action
+from stages.shards import shard_stage_name
 from storage.faults import fault_point
 from storage.layout import root_relative
 from storage.parquet import write_table
@@ -167,7 +168,7 @@ def episode_requests(goals: list[int], samples: int | list[int]) -> list[tuple[i
 def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams, *, run: str,
                   stage: str, iteration: int | None, checkpoint: str, inputs: dict[str, str],
                   root=None, progress: bool = True, force: bool = False, cached_only: bool = False,
-                  extra_tables=None, demonstrator=None):
+                  extra_tables=None, demonstrator=None, shard: int | None = None):
     """Run (or reuse) one rollout stage; returns its folder with episodes.parquet, turns.parquet, manifest.
 
     `engine_factory(checkpoint)` is only called when the stage is not done yet (loading an engine costs
@@ -176,12 +177,13 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
     (the new folder replaces the old one atomically); `cached_only` raises instead of computing a stage that is not
     done (a replay must not re-run it). `extra_tables(episode_rows) -> {name: table}` adds
     tables to the same folder (the eval stage's summary); `demonstrator` plays scripted episodes (the sft
-    stage's demonstrations, see `run_episodes`).
+    stage's demonstrations, see `run_episodes`). `shard`: the requests are that shard of the stage's
+    (stages/shards.py): the folder is under `<stage>-shards/`, the rows are the stage's own.
     """
     key_params = {"stage": stage, **asdict(params)}
     key = stage_key({**key_params, "requests": requests}, {**inputs, "checkpoint": root_relative(checkpoint, root)},
                     code_version("webshop", "policy", "stages/rollout.py", "storage/tables.py"))
-    folder = stage_dir(run, stage, key, iteration, root)
+    folder = stage_dir(run, stage if shard is None else shard_stage_name(stage), key, iteration, root)
     if reuse_done(folder, stage, force, cached_only):
         return folder
     engine = engine_factory(checkpoint)
@@ -204,7 +206,8 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
                "end_reasons": {r: sum(e["end_reason"] == r for e in episode_rows)
                                for r in sorted({e["end_reason"] for e in episode_rows})}}
     manifest = {"stage": stage, "run": run, "iteration": iteration, "key": key, "params": key_params,
-                "inputs": {**inputs, "checkpoint": checkpoint}, "summary": summary}
+                "inputs": {**inputs, "checkpoint": checkpoint}, "summary": summary,
+                **({} if shard is None else {"shard": shard})}
     with stage_output(folder, manifest) as tmp:
         write_table(to_table(episode_rows, EPISODES_SCHEMA), tmp / "episodes.parquet")
         write_table(to_table(turn_rows, TURNS_SCHEMA), tmp / "turns.parquet")

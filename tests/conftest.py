@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "webshop"
 HTML_PAGES = SHARED / "html_pages"
 
@@ -160,15 +162,12 @@ def s3_server(tmp_path_factory):
     as a user's bucket is (the standard AWS_* settings point every process, apo's children too, at it).
     Yields the environment those processes need; a bucket per test is the tests' own."""
     import os
-    import socket
     import subprocess
     import sys
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
@@ -194,5 +193,54 @@ def s3_server(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        server.kill()
+        server.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server on a free local port, with the `apo` process work pool and the project's deployments
+    (prefect.yaml) registered, as scripts/prefect_iteration.sh sets them up. Yields the environment every Prefect
+    process of the test (CLI, workers) needs; the workers are the test's own."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    home = tmp_path_factory.mktemp("prefect")
+    api = f"http://127.0.0.1:{free_port()}/api"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("APO_", "PREFECT_"))},
+           "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "DO_NOT_TRACK": "1",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "APO_PROJECT_DIR": str(REPO),
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_LOGGING_EXTRA_LOGGERS": "stages"}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    port = api.rsplit(":", 1)[1].split("/")[0]
+    with open(home / "server.log", "w") as log:
+        server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", port], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{api}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+                time.sleep(1)
+        for args in (["work-pool", "create", "apo", "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+            out = subprocess.run([prefect, *args], env=env, cwd=REPO, capture_output=True, text=True)
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        yield {**env, "PREFECT": prefect}
+    finally:
         server.kill()
         server.wait()

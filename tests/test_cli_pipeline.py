@@ -46,6 +46,9 @@ def _one_line_error(capsys, argv: list[str], *words: str) -> None:
     (["--run", ".hidden"], ["--run"]),
     (["--reference-run", "a/b"], ["--reference-run", "'a/b'"]),
     (["--num-products", "-5"], ["--num-products", ">= 1"]),
+    (["--shards", "0"], ["--shards", ">= 1"]),
+    (["--tensor-parallel-size", "0"], ["--tensor-parallel-size", ">= 1"]),
+    (["--tensor-parallel-size", "2", "--engine", "hf"], ["--tensor-parallel-size 2", "--engine vllm"]),
 ])
 def test_bad_flag_values_give_one_line(capsys, tmp_path, flags, words):
     _one_line_error(capsys, ["train", "--output-dir", str(tmp_path), *flags], *words)

@@ -79,11 +79,11 @@ def apo_train(root: Path, model: Path, fault: str | None) -> tuple[int, list[str
                 p.kill()
 
 
-def run_tables(root: Path) -> dict[str, object]:
+def run_tables(root: Path, run: str = RUN) -> dict[str, object]:
     """Everything the run wrote that a later stage or a user reads, with the root's path and timings taken out:
     each Parquet table's rows, each iteration record, each checkpoint's tensors (keyed by relative path)."""
     out: dict[str, object] = {}
-    base = root / "runs" / RUN
+    base = root / "runs" / run
     for path in sorted(base.rglob("*.parquet")):
         table = pq.read_table(path)
         rows = table.drop_columns([c for c in table.column_names if c in TIMING]).to_pylist()

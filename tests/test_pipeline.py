@@ -213,6 +213,48 @@ def test_num_steps_zero_runs_only_iteration_zero(prefect, config):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Sharded sampling stages (issue 14): shards as tasks of the iteration's own run; tests/test_remote.py runs them
+# on two Prefect workers
+
+def test_sharded_stages_are_merged_in_shard_order_and_read_as_one(prefect, config):
+    """shards=2: the reference, rollout and eval stages each play their goals in two shards (stages of their
+    own, under `<stage>-shards/`, goals cut in request order); the folder the iteration records holds their rows in
+    shard order, eval's summary is over all of them, and the weights cover every merged episode. A second call
+    reuses every shard and merge. A shard whose table is damaged is one line naming it when the merge is
+    recomputed, and the merged folder already there stays whole."""
+    from flows.apo import apo
+    from stages.pipeline import run_merge
+
+    sharded = replace(config, run="t-sharded", shards=2, batch_size=2, eval_goals=3)
+    record = apo(sharded, 1)
+    for stage, n in (("reference", 4), ("rollout", 4), ("eval", 3)):
+        manifest = json.loads((Path(record[stage]) / "manifest.json").read_text())
+        shards = [Path(p) for p in manifest["inputs"]["shards"]]
+        assert [p.parent.name for p in shards] == [f"{stage}-shards"] * 2 and manifest["summary"]["shards"] == 2
+        for name in ("episodes.parquet", "turns.parquet"):
+            merged = read_table(Path(record[stage]) / name)
+            assert merged.schema.equals(EPISODES_SCHEMA if name == "episodes.parquet" else TURNS_SCHEMA)
+            assert merged.to_pylist() == [row for p in shards for row in read_table(p / name).to_pylist()]
+        goals = [set(read_table(p / "episodes.parquet")["goal_idx"].to_pylist()) for p in shards]
+        assert len(goals[0]) + len(goals[1]) == len(goals[0] | goals[1]) and manifest["summary"]["episodes"] == n
+    assert read_table(Path(record["eval"]) / "eval.parquet").to_pylist()[0]["n"] == 3
+    rollout_ids = read_table(Path(record["rollout"]) / "episodes.parquet")["episode_id"].to_pylist()
+    assert sorted(read_table(Path(record["weights"]) / "weights.parquet")["episode_id"].to_pylist()) == sorted(rollout_ids)
+
+    published = {stage: _mtime(record[stage]) for stage in ("reference", "rollout", "eval")}
+    again = apo(sharded, 1)
+    assert {stage: _mtime(again[stage]) for stage in published} == published
+
+    shard = Path(json.loads((Path(record["rollout"]) / "manifest.json").read_text())["inputs"]["shards"][1])
+    (shard / "turns.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(ValueError) as e:
+        run_merge(sharded, "rollout", 1, from_stage="rollout")
+    assert len(str(e.value).splitlines()) == 1 and str(shard) in str(e.value)
+    assert _mtime(record["rollout"]) == published["rollout"]
+    assert read_table(Path(record["rollout"]) / "turns.parquet").num_rows > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
 # A*-PO stage 1 once per block of iterations; one engine per checkpoint
 
 def test_reference_block_is_sampled_once_for_its_iterations(prefect, config):
@@ -318,7 +360,7 @@ def test_a_copied_root_and_another_spelling_of_it_read_as_the_original(first, co
     claimed it 'was pruned'), and the same root given as a relative path reuses every cached stage (issue 13)."""
     import shutil
 
-    from stages.pipeline import iteration_record, policy_checkpoint, run_rollout
+    from stages.pipeline import iteration_record, policy_checkpoint, run_sampling
 
     stored = json.loads((Path(config.output_dir) / "runs" / config.run / "iter=0001" / "iteration.json").read_text())
     assert not Path(stored["rollout"]).is_absolute() and not Path(stored["checkpoint"]).is_absolute()
@@ -338,7 +380,7 @@ def test_a_copied_root_and_another_spelling_of_it_read_as_the_original(first, co
     monkeypatch.chdir(copy.parent)
     relative = replace(config, output_dir="copy")
     mtime = _mtime(iteration_record(moved, 1)["rollout"])
-    assert Path(run_rollout(relative, 1)).resolve() == Path(iteration_record(moved, 1)["rollout"]).resolve()
+    assert Path(run_sampling(relative, "rollout", 1)).resolve() == Path(iteration_record(moved, 1)["rollout"]).resolve()
     assert _mtime(iteration_record(moved, 1)["rollout"]) == mtime  # reused, not sampled again
 
     # a train folder whose manifest is gone is noticed before its checkpoint is trusted (it went unnoticed)

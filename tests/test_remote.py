@@ -105,9 +105,6 @@ def test_two_workers_with_their_own_caches_continue_one_run_on_s3(s3_server, tin
     it to iteration 2, taking A's stages (warm start, reference, iteration 1's checkpoint) from the store
     instead of recomputing them. The store ends with the same tables, records and checkpoints as the same two
     iterations run in one go on a local root (hf engine, fixed seed)."""
-    import test_faults
-    from test_faults import assert_same
-
     url = _bucket("e2e")
     fs = remote.filesystem("s3")
     _apo_train(str(tmp_path / "local"), tiny_model, 2, {})
@@ -119,27 +116,73 @@ def test_two_workers_with_their_own_caches_continue_one_run_on_s3(s3_server, tin
     assert rewritten == [], "worker B recomputed stages worker A had published"
     assert list((tmp_path / "b").rglob("iter=0001/train/*/checkpoint/model.safetensors"))  # fetched, once
 
-    store = tmp_path / "store"
-    fs.get("e2e/root/runs/", str(store / "runs") + "/", recursive=True)
-    monkey = test_faults.RUN
-    test_faults.RUN = "shared"
-    try:
-        tables = test_faults.run_tables(store)
-        expected = test_faults.run_tables(tmp_path / "local")
-    finally:
-        test_faults.RUN = monkey
-    caches = [str(tmp_path / w / "s3" / "e2e" / "root") for w in ("a", "b")]
-    for name, value in tables.items():  # the episodes' checkpoint column names the writer's own cache
+    assert_store_equals_local("e2e", tmp_path / "local", [tmp_path / w for w in ("a", "b")], tmp_path / "store")
+
+
+def assert_store_equals_local(bucket: str, local: Path, caches: list[Path], download: Path) -> None:
+    """The run "shared" on s3://<bucket>/root holds the same tables, records and checkpoints as on the local
+    root, but for what legitimately differs: the episodes' checkpoint column names the writer's own cache, and a
+    record keeps its command's root and --num-steps."""
+    from test_faults import assert_same, run_tables
+
+    remote.filesystem("s3").get(f"{bucket}/root/runs/", str(download / "runs") + "/", recursive=True)
+    tables, expected = run_tables(download, "shared"), run_tables(local, "shared")
+    for name, value in tables.items():
         if not name.endswith(".safetensors"):
             text = json.dumps(value)
             for cache in caches:
-                text = text.replace(cache, "<root>")
+                text = text.replace(str(cache / "s3" / bucket / "root"), "<root>")
             tables[name] = json.loads(text)
-    for records in (tables, expected):  # a record keeps the command's config: its root, and A's --num-steps 1
+    for records in (tables, expected):
         for name in (n for n in records if n.endswith("iteration.json")):
-            assert records[name]["config"].pop("output_dir") in (url, "<root>")  # run_tables wrote <root>
-            assert records[name]["config"].pop("num_steps") in (1, 2)
+            assert records[name]["config"].pop("output_dir") in (f"s3://{bucket}/root", "<root>")
+            records[name]["config"].pop("num_steps")
     assert_same(tables, expected)
+
+
+def _deployment_run(env: dict, config: dict, *params: str) -> None:
+    """`prefect deployment run apo/iteration` with `config`, watched to its end (it must complete)."""
+    out = subprocess.run([env["PREFECT"], "deployment", "run", "apo/iteration", "--param", f"config={json.dumps(config)}",
+                          *params, "--watch", "--watch-interval", "2", "--watch-timeout", "900"],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "Completed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.mark.slow  # a Prefect server, two workers, two iterations of a tiny model: about 5 minutes on 2 cores
+def test_an_iteration_sharded_over_two_prefect_workers_on_s3_equals_one_worker_on_a_local_root(
+        s3_server, prefect_server, tiny_model, tmp_path):
+    """The deployment `apo/iteration` with shards=2 on an s3:// root, through two process workers with caches of
+    their own: the worker that takes the iteration waits in it (--limit 1), so the other plays every reference,
+    rollout and eval shard, and the iteration merges them from the store, trains and publishes. The store ends
+    with the same tables, records and checkpoint as the same deployment run by one worker on a local root (its
+    shards as tasks of the iteration's own run; hf engine, fixed seed)."""
+    import os
+    import signal
+
+    url = _bucket("workers")
+    config = {"model": str(tiny_model), "engine": "hf", "dtype": "float32", "run": "shared", "num_steps": 1,
+              "batch_size": 2, "rollout_samples": 2, "v_star_samples": 2, "reference_block": 1, "eval_goals": 3,
+              "max_episode_steps": 6, "max_new_tokens": 8, "shards": 2}
+    caches = [tmp_path / w for w in ("a", "b")]
+    workers = [subprocess.Popen([prefect_server["PREFECT"], "worker", "start", "--pool", "apo", "--type", "process",
+                                 "--limit", "1", "--name", f"worker-{c.name}"],
+                                env={**prefect_server, **s3_server, "APO_CACHE": str(c)}, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+               for c in caches]
+    try:
+        _deployment_run(prefect_server, {**config, "output_dir": url}, "--param", "shard_deployment=apo-shard/shard")
+        _deployment_run(prefect_server, {**config, "output_dir": str(tmp_path / "local")})
+    finally:
+        for w in workers:
+            os.killpg(w.pid, signal.SIGTERM)
+            w.wait()
+    trained = [c for c in caches if list(c.rglob("iter=0001/weights/*/manifest.json"))]
+    assert len(trained) == 1, "one worker ran the iteration (weights, train), in its own cache"
+    shards = [c for c in caches if c not in trained][0]
+    played = sorted(p.parent.parent.name for p in shards.rglob("*-shards/*/manifest.json"))
+    assert played == ["eval-shards"] * 2 + ["reference-shards"] * 2 + ["rollout-shards"] * 2, played
+    assert not list(trained[0].rglob("*-shards/.tmp-*")) and not list(shards.rglob("weights"))
+    assert_store_equals_local("workers", tmp_path / "local", caches, tmp_path / "store")
 
 
 def test_a_stage_whose_upload_failed_is_uploaded_when_next_found_done(s3_server, tmp_path, monkeypatch):
