@@ -97,7 +97,8 @@ class Config(TrainParams, WeightsParams, RolloutParams):
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}")
         if self.tensor_parallel_size > 1 and self.engine == "hf":
-            raise ValueError(f"--tensor-parallel-size {self.tensor_parallel_size} needs --engine vllm (hf runs one device)")
+            raise ValueError(f"--tensor-parallel-size {self.tensor_parallel_size} needs --engine vllm "
+                             "(hf runs one device)")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if self.goal_kind not in ("synthetic", "human"):

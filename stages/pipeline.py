@@ -164,15 +164,17 @@ def record_iteration(config: Config, iteration: int, folders: dict[str, str | No
 
 
 def _prune_checkpoints(config: Config, iteration: int) -> None:
-    """Keep the last two checkpoints and every save_frequency-th; others lose their weights (their metrics
-    and manifest stay; the manifest says so)."""
+    """Keep the last two checkpoints and every save_frequency-th; others lose their weights, in the cache and on
+    the store of a URL root (their metrics and manifest stay; the manifest says so)."""
     old = iteration - 2
     record = iteration_record(config, old) if old >= 1 else None
     if record is None or old % config.save_frequency == 0:
         return
     checkpoint = Path(record["checkpoint"])
-    if checkpoint.is_dir():
+    on_disk = checkpoint.is_dir()
+    if on_disk:
         shutil.rmtree(checkpoint)
+    if remote.remove(checkpoint) or on_disk:  # a URL root: the store's copy goes too
         log.info("pruned checkpoint of iteration %d (save_frequency %d): %s", old, config.save_frequency,
                  checkpoint)
 

@@ -28,11 +28,13 @@ import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from tqdm import tqdm
@@ -87,6 +89,10 @@ class TrainParams:
     updates smaller than bf16's resolution (lr 5e-6) in log pi - log pi_ref at once."""
     seed: int = 0
     """Seeds torch before each step (models with dropout); the RNG state is saved for resumes."""
+    train_processes: int = 1
+    """Data-parallel training processes on this node, as torchrun starts them (one per GPU, NCCL; on a CPU, gloo):
+    each takes every N-th micro-batch and the gradients are summed across them before each optimizer step, so the
+    update is the one-process update up to the order of float sums."""
 
     def check(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -99,6 +105,11 @@ class TrainParams:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.train_processes < 1:
+            raise ValueError(f"--train-processes must be >= 1, got {self.train_processes}")
+        if torch.cuda.is_available() and self.train_processes > torch.cuda.device_count():
+            raise ValueError(f"--train-processes {self.train_processes}: this node has "
+                             f"{torch.cuda.device_count()} GPUs (one process per GPU)")
 
 
 def load_train_data(turns: Path, weights: Path):
@@ -185,6 +196,8 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
     # Longest first, so micro-batches hold sequences of similar length (little padding).
     data.sort(key=lambda r: -(len(r["prompt_ids"]) + len(r["completion_ids"])))
     batches = [data[s:s + params.micro_batch_size] for s in range(0, len(data), params.micro_batch_size)]
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    batches = batches[rank::world]  # data-parallel: this rank's share of the micro-batches
 
     delta = {}  # apo: each episode's sum of log pi - log pi_ref over its action tokens, before the update
     if params.objective == "apo":
@@ -195,6 +208,13 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
                                                          params.logits_chunk, ref_model)
                 for r, d in zip(row.tolist(), (logp - ref_logp).tolist()):
                     delta[rows[r]["episode_id"]] = delta.get(rows[r]["episode_id"], 0.0) + d
+        if world > 1:  # an episode's turns may sit in several ranks' micro-batches
+            parts = [None] * world
+            dist.all_gather_object(parts, delta)
+            delta = {}
+            for part in parts:
+                for e, d in part.items():
+                    delta[e] = delta.get(e, 0.0) + d
 
     start, tokens, action_tokens = time.perf_counter(), 0, 0
     sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "apo_residual": 0.0}
@@ -227,6 +247,8 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
             sums["kl"] += ((kl / per_ep_tokens).sum() / n_episodes).item()
             sums["ce"] += ((-logp / per_ep_tokens).sum() / n_episodes).item()
         scaler.scale(loss).backward()
+    if world > 1:
+        tokens, action_tokens = _sum_across_ranks(policy, sums, tokens, action_tokens, device)
     if params.objective == "apo":
         targets = {r["episode_id"]: r["apo_target"] for r in data}
         residuals = [params.beta2 * delta[e] - targets[e] for e in episodes]
@@ -243,18 +265,35 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
             "tokens_per_s": tokens / seconds, "peak_mem_mb": _peak_mem_mb()}
 
 
+def _sum_across_ranks(policy, sums: dict, tokens: int, action_tokens: int, device) -> tuple[int, int]:
+    """Data-parallel: every rank's gradients and loss parts summed (the objectives are sums over episodes already
+    divided by the global episode count, so the sum is the one-process gradient); returns the summed token
+    counts. A parameter without a gradient on this rank (no micro-batch) adds zeros."""
+    for p in policy.parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+    names = sorted(sums)
+    totals_t = torch.tensor([sums[k] for k in names] + [tokens, action_tokens], dtype=torch.float64, device=device)
+    dist.all_reduce(totals_t)
+    for k, v in zip(names, totals_t.tolist()):
+        sums[k] = v
+    return int(totals_t[-2].item()), int(totals_t[-1].item())
+
+
 def loss_scaler(params: TrainParams, device_type: str):
     """float16 gradients underflow without loss scaling; for other dtypes the scaler does nothing."""
     return torch.amp.GradScaler(device_type, enabled=resolve_dtype(params.dtype, device_type) == "float16")
 
 
-def load_policy(checkpoint: Path, reference: Path, params: TrainParams, root=None):
-    """(policy trainable, reference frozen, optimizer, start step), both fp32. A checkpoint written by this
-    stage resumes its optimizer and step; one trained from another reference model is refused (references are
-    compared as `root_relative` paths under the storage `root`)."""
+def load_policy(checkpoint: Path, reference: Path, params: TrainParams, root=None, device: str | None = None):
+    """(policy trainable, reference frozen, optimizer, start step), both fp32, on `device` (default: the GPU if
+    any, else the CPU). A checkpoint written by this stage resumes its optimizer and step; one trained from another
+    reference model is refused (references are compared as `root_relative` paths under the storage `root`)."""
     from transformers import AutoModelForCausalLM
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).train()
     if params.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
@@ -321,6 +360,96 @@ def totals(metrics: list[dict]) -> dict:
             "total_tokens_per_s": tokens / seconds if seconds else None}
 
 
+def _train(checkpoint: Path, reference: Path, data, params: TrainParams, root, stage: str, progress: bool,
+           rank: int = 0, device: str | None = None):
+    """The stage's optimizer steps over `data` (load_train_data) in this process, rank `rank` of the data-parallel
+    group if one is set up: (policy, optimizer, last step, metrics of each step; rank 0 logs them)."""
+    policy, ref_model, optimizer, step = load_policy(checkpoint, reference, params, root, device)
+    torch.manual_seed(params.seed + step)
+    pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
+    steps = [b for epoch in range(params.epochs) for b in episode_batches(data["episode_id"], params, epoch)]
+    metrics, scaler = [], loss_scaler(params, next(policy.parameters()).device.type)
+    bar = tqdm(steps, desc=stage, unit="step", disable=not progress or rank > 0, leave=False)
+    for rows in bar:
+        step += 1
+        m = train_step(policy, ref_model, data.select(rows), params, optimizer, pad_id, scaler)
+        metrics.append({"step": step, "objective": params.objective, "lr": params.learning_rate, **m})
+        if rank > 0:
+            continue
+        fault_point(f"{stage}:step")
+        bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
+        log.info("%s step %d: loss %.4f ce %.4f kl %.5f apo_residual %.4f mean_weight %.3f grad_norm %.3f "
+                 "| %d seq, %d tokens, %.0f tok/s, peak %.0f MiB", stage, step, m["loss"], m["ce"], m["kl"],
+                 m["apo_residual"], m["mean_weight"], m["grad_norm"], m["sequences"], m["tokens"],
+                 m["tokens_per_s"], m["peak_mem_mb"])
+    bar.close()
+    return policy, optimizer, step, metrics
+
+
+RANK_TIMEOUT = timedelta(minutes=10)  # a rank that died leaves the others waiting at a collective this long
+
+
+def _train_ranks(checkpoint: Path, reference: Path, data, data_paths: tuple[Path, Path], params: TrainParams,
+                 root, stage: str, progress: bool):
+    """`params.train_processes` data-parallel ranks on this node: this process is rank 0 (it keeps the trained
+    policy and writes the checkpoint), ranks 1.. are started fresh (spawn), as torchrun would, and meet it over a
+    local TCP rendezvous; NCCL on GPUs (rank r on GPU r), gloo on a CPU (the cores shared among the ranks). A rank
+    that fails fails the stage."""
+    import socket
+
+    world = params.train_processes
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, threads // world))
+    context = torch.multiprocessing.get_context("spawn")
+    ranks = [context.Process(target=_rank_main, args=(rank, world, address, torch.get_num_threads(), checkpoint,
+                                                      reference, data_paths, params, root, stage), daemon=True)
+             for rank in range(1, world)]
+    for p in ranks:
+        p.start()
+    try:
+        _join_group(0, world, address)
+        result = _train(checkpoint, reference, data, params, root, stage, progress, 0, _rank_device(0))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        torch.set_num_threads(threads)
+        for p in ranks:
+            p.join(timeout=RANK_TIMEOUT.total_seconds())
+            if p.is_alive():
+                p.kill()
+    failed = [f"rank {r} exited with {p.exitcode}" for r, p in enumerate(ranks, 1) if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{stage}: data-parallel training failed: {', '.join(failed)}")
+    return result
+
+
+def _rank_device(rank: int) -> str:
+    return f"cuda:{rank}" if torch.cuda.is_available() else "cpu"
+
+
+def _join_group(rank: int, world: int, address: str) -> None:
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world, timeout=RANK_TIMEOUT)
+
+
+def _rank_main(rank: int, world: int, address: str, threads: int, checkpoint: Path, reference: Path,
+               data_paths: tuple[Path, Path], params: TrainParams, root, stage: str) -> None:
+    """A data-parallel rank other than 0: the same steps on its share of each step's micro-batches."""
+    torch.set_num_threads(threads)
+    _join_group(rank, world, address)
+    try:
+        _train(checkpoint, reference, load_train_data(*data_paths), params, root, stage, False, rank,
+               _rank_device(rank))
+    finally:
+        dist.destroy_process_group()
+
+
 def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_dir: Path, params: TrainParams, *,
                 run: str, iteration: int | None, root=None, stage: str = "train", force: bool = False,
                 cached_only: bool = False, progress: bool = True) -> Path:
@@ -337,24 +466,14 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
     folder = stage_dir(run, stage, key, iteration, root)
     if reuse_done(folder, stage, force, cached_only):
         return folder
-    data = load_train_data(Path(rollout_dir) / "turns.parquet", Path(weights_dir) / "weights.parquet")
-    policy, ref_model, optimizer, step = load_policy(Path(checkpoint), Path(reference), params, root)
-    torch.manual_seed(params.seed + step)
-    pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
-    steps = [b for epoch in range(params.epochs) for b in episode_batches(data["episode_id"], params, epoch)]
-    metrics, scaler = [], loss_scaler(params, next(policy.parameters()).device.type)
-    bar = tqdm(steps, desc=stage, unit="step", disable=not progress, leave=False)
-    for rows in bar:
-        step += 1
-        m = train_step(policy, ref_model, data.select(rows), params, optimizer, pad_id, scaler)
-        metrics.append({"step": step, "objective": params.objective, "lr": params.learning_rate, **m})
-        fault_point(f"{stage}:step")
-        bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}")
-        log.info("%s step %d: loss %.4f ce %.4f kl %.5f apo_residual %.4f mean_weight %.3f grad_norm %.3f "
-                 "| %d seq, %d tokens, %.0f tok/s, peak %.0f MiB", stage, step, m["loss"], m["ce"], m["kl"],
-                 m["apo_residual"], m["mean_weight"], m["grad_norm"], m["sequences"], m["tokens"],
-                 m["tokens_per_s"], m["peak_mem_mb"])
-    bar.close()
+    data_paths = (Path(rollout_dir) / "turns.parquet", Path(weights_dir) / "weights.parquet")
+    data = load_train_data(*data_paths)
+    if params.train_processes > 1:
+        policy, optimizer, step, metrics = _train_ranks(Path(checkpoint), Path(reference), data, data_paths, params,
+                                                        root, stage, progress)
+    else:
+        policy, optimizer, step, metrics = _train(Path(checkpoint), Path(reference), data, params, root, stage,
+                                                  progress)
     manifest = {"stage": stage, "run": run, "iteration": iteration, "key": key, "params": asdict(params),
                 "inputs": inputs, "summary": {"step": step, "steps": len(metrics), **metrics[-1], **totals(metrics)}}
     with stage_output(folder, manifest) as tmp:

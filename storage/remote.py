@@ -216,6 +216,20 @@ def pull_stage(folder: Path) -> bool:
     return True
 
 
+def remove(path: Path) -> bool:
+    """Delete a file or folder of the cache from the store as well (a pruned checkpoint); whether the store had
+    it."""
+    remote = remote_for(path)
+    if remote is None:
+        return False
+    key = remote.key(Path(path))
+    remote.fs.invalidate_cache(key)
+    if not remote._io("read", key, remote.fs.exists, key):
+        return False
+    remote._io("write", key, remote.fs.rm, key, True)
+    return True
+
+
 def push_record(path: Path) -> None:
     if remote := remote_for(path):
         remote.push_record(path)

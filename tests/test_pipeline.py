@@ -239,7 +239,8 @@ def test_sharded_stages_are_merged_in_shard_order_and_read_as_one(prefect, confi
         assert len(goals[0]) + len(goals[1]) == len(goals[0] | goals[1]) and manifest["summary"]["episodes"] == n
     assert read_table(Path(record["eval"]) / "eval.parquet").to_pylist()[0]["n"] == 3
     rollout_ids = read_table(Path(record["rollout"]) / "episodes.parquet")["episode_id"].to_pylist()
-    assert sorted(read_table(Path(record["weights"]) / "weights.parquet")["episode_id"].to_pylist()) == sorted(rollout_ids)
+    weighted = read_table(Path(record["weights"]) / "weights.parquet")["episode_id"].to_pylist()
+    assert sorted(weighted) == sorted(rollout_ids)
 
     published = {stage: _mtime(record[stage]) for stage in ("reference", "rollout", "eval")}
     again = apo(sharded, 1)

@@ -142,8 +142,9 @@ def assert_store_equals_local(bucket: str, local: Path, caches: list[Path], down
 
 def _deployment_run(env: dict, config: dict, *params: str) -> None:
     """`prefect deployment run apo/iteration` with `config`, watched to its end (it must complete)."""
-    out = subprocess.run([env["PREFECT"], "deployment", "run", "apo/iteration", "--param", f"config={json.dumps(config)}",
-                          *params, "--watch", "--watch-interval", "2", "--watch-timeout", "900"],
+    out = subprocess.run([env["PREFECT"], "deployment", "run", "apo/iteration",
+                          "--param", f"config={json.dumps(config)}", *params,
+                          "--watch", "--watch-interval", "2", "--watch-timeout", "900"],
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "Completed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
 
@@ -226,3 +227,30 @@ def test_a_record_rewritten_at_the_same_size_is_refreshed(s3_server, tmp_path, m
         remote.pull_records(b_run)
         assert json.loads((b_run / "iter=0001/iteration.json").read_text())["train"].endswith(key)
         monkeypatch.setenv("APO_CACHE", str(tmp_path / "a"))
+
+
+def test_a_pruned_checkpoint_leaves_the_store_too(s3_server, tmp_path, monkeypatch):
+    """Checkpoint pruning (save_frequency) on an s3:// root removes the weights from the store as from the cache,
+    keeping the stage's manifest and metrics there: the store does not grow by a checkpoint per iteration."""
+    from stages.config import Config
+    from stages.pipeline import _prune_checkpoints, _write_json
+    from storage.layout import storage_root
+
+    url = _bucket("prune")
+    monkeypatch.setenv("APO_CACHE", str(tmp_path / "a"))
+    folder = stage_dir("r", "train", "dddddddddddd", 1, url)
+    with stage_output(folder, {"stage": "train", "key": "dddddddddddd"}) as tmp:
+        (tmp / "checkpoint").mkdir()
+        (tmp / "checkpoint" / "model.safetensors").write_bytes(b"weights")
+        pq.write_table(pa.table({"step": [1]}), tmp / "train_metrics.parquet")
+    relative = folder.relative_to(storage_root(url))
+    _write_json(storage_root(url) / "runs/r/iter=0001/iteration.json",
+                {"iteration": 1, "train": str(relative), "checkpoint": str(relative / "checkpoint")})
+    fs = remote.filesystem("s3")
+    stored = f"prune/root/{relative}"
+    assert fs.exists(f"{stored}/checkpoint/model.safetensors")
+
+    _prune_checkpoints(Config(run="r", output_dir=url, save_frequency=50), 3)
+    fs.invalidate_cache()
+    assert not (folder / "checkpoint").exists() and not fs.exists(f"{stored}/checkpoint/model.safetensors")
+    assert fs.exists(f"{stored}/manifest.json") and fs.exists(f"{stored}/train_metrics.parquet")

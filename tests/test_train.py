@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -467,11 +467,41 @@ def test_train_stage_checkpoint_and_resume(stage_inputs, tiny_model, tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("objective", ["weighted-sft", "apo"])
+def test_data_parallel_training_takes_the_one_process_steps(stage_inputs, tiny_model, objective):
+    """train_processes=2 (gloo on this CPU: this process is rank 0, a spawned process rank 1): each rank takes every
+    other micro-batch (apo: every episode's log-ratio gathered from both) and the gradients are summed, so two
+    steps give the one-process losses, gradient norms and weights, up to the order of float sums."""
+    from safetensors.torch import load_file
+
+    root, wdir, rdir = stage_inputs["root"], stage_inputs["weights"], stage_inputs["rollout"]
+    params = TrainParams(objective=objective, learning_rate=1e-4, micro_batch_size=1, epochs=2, kl_coef=0.1,
+                         beta2=0.5, dtype="float32")
+    folders = {n: train_stage(tiny_model, tiny_model, wdir, rdir, replace(params, train_processes=n), run=RUN,
+                              iteration=7, root=root) for n in (1, 2)}
+    assert folders[1] != folders[2]  # another parameter, another stage
+    one, two = (read_table(folders[n] / "train_metrics.parquet").to_pylist() for n in (1, 2))
+    assert [m["step"] for m in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert (a["sequences"], a["tokens"], a["action_tokens"]) == (b["sequences"], b["tokens"], b["action_tokens"])
+        for k in ("loss", "ce", "kl", "apo_residual", "grad_norm"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-9), k  # step 2 starts from weights that differ ~1e-9
+    assert one[1]["loss"] != one[0]["loss"]  # the first step moved the weights the second step saw
+    w1, w2 = (load_file(folders[n] / "checkpoint" / "model.safetensors") for n in (1, 2))
+    original = load_file(Path(tiny_model) / "model.safetensors")
+    assert any(not torch.equal(w1[k], original[k].float()) for k in w1)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-6)
+    state = torch.load(folders[2] / "checkpoint" / TRAINING_STATE, weights_only=False)
+    assert state["step"] == 2 and state["params"]["train_processes"] == 2
+
+
 @pytest.mark.parametrize("flag,change", [
     ("objective", {"objective": "nope"}), ("learning-rate", {"learning_rate": 0.0}),
     ("learning-rate", {"learning_rate": -1e-5}), ("micro-batch-size", {"micro_batch_size": 0}),
     ("logits-chunk", {"logits_chunk": 0}), ("epochs", {"epochs": 0}), ("grad-clip", {"grad_clip": 0.0}),
     ("kl-coef", {"kl_coef": -0.1}), ("beta2", {"beta2": -1.0}), ("weight-decay", {"weight_decay": -0.01}),
+    ("train-processes", {"train_processes": 0}),
 ])
 def test_bad_train_params(tmp_path, flag, change):
     params = TrainParams(**change)
