@@ -23,6 +23,7 @@ from pathlib import Path
 from storage import remote
 from storage.faults import fault_point
 from storage.layout import storage_root
+from storage.locks import pid_alive
 
 log = logging.getLogger("stages")  # stage progress is reported under the stages logger (INFO)
 MANIFEST = "manifest.json"
@@ -111,18 +112,8 @@ def remove_dead_leftovers(folder: Path) -> list[Path]:
     folder = Path(folder)
     for leftover in [*folder.parent.glob(f".tmp-{folder.name}-*"), *folder.parent.glob(f".old-{folder.name}-*")]:
         pid = leftover.name.split("-")[2]  # .tmp-<key>-<pid>-<random>: keys are hex, without dashes
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
             removed.append(leftover)
             log.info("removed %s, left by process %s that is gone", leftover, pid)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True

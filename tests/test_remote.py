@@ -254,3 +254,55 @@ def test_a_pruned_checkpoint_leaves_the_store_too(s3_server, tmp_path, monkeypat
     fs.invalidate_cache()
     assert not (folder / "checkpoint").exists() and not fs.exists(f"{stored}/checkpoint/model.safetensors")
     assert fs.exists(f"{stored}/manifest.json") and fs.exists(f"{stored}/train_metrics.parquet")
+
+
+def test_a_second_machine_cannot_write_a_run_that_another_writes(s3_server, tmp_path, monkeypatch):
+    """Each machine locks its own cache, so the writer also holds a lease on the store: a second machine's writer is
+    one line naming the first while it writes, writes once it released, and takes over a lease that its writer
+    stopped renewing (a machine that died) or that a process of this host left when it died."""
+    import os
+    import socket
+    import time
+
+    from storage import locks
+    from storage.layout import storage_root
+    from storage.locks import LEASE_SECONDS, RunLocked, writer_lock
+
+    url = _bucket("lease")
+    fs = remote.filesystem("s3")
+    lease = "lease/root/runs/r/writer.lease"
+
+    def held() -> dict:
+        fs.invalidate_cache()
+        return json.loads(fs.cat(lease)) if fs.exists(lease) else {}
+
+    monkeypatch.setenv("APO_CACHE", str(tmp_path / "a"))
+    a = storage_root(url) / "runs" / "r"
+    monkeypatch.setenv("APO_CACHE", str(tmp_path / "b"))
+    b = storage_root(url) / "runs" / "r"
+    with writer_lock(a, "r"):
+        assert held()["pid"] == os.getpid()
+        with pytest.raises(RunLocked, match=r"^run 'r' is being written by pid \d+ on .*; its lease on the store was "
+                                            r"renewed \d+ s ago\): wait for it to end or use another --run$"):
+            with writer_lock(b, "r"):
+                pass
+    assert held() == {}
+    monkeypatch.setattr(locks, "RENEW_SECONDS", 0.2)
+    with writer_lock(b, "r"):
+        first = held()
+        time.sleep(1.0)
+        assert held()["pid"] == os.getpid() and held()["renewed"] > first["renewed"]  # renewed while held
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for holder in ({"pid": 1, "host": "elsewhere", "renewed": time.time() - LEASE_SECONDS - 1},
+                   {"pid": gone.pid, "host": socket.gethostname(), "renewed": time.time()}):
+        fs.pipe(lease, json.dumps(holder).encode())
+        with writer_lock(b, "r"):
+            assert held()["pid"] == os.getpid()
+    fs.pipe(lease, json.dumps({"pid": 1, "host": "elsewhere", "renewed": time.time() - 5}).encode())
+    with pytest.raises(RunLocked, match=r"pid 1 on elsewhere .*renewed 5 s ago"):
+        with writer_lock(b, "r"):
+            pass
+    assert held()["host"] == "elsewhere"
+    fs.rm(lease)
