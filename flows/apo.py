@@ -68,11 +68,13 @@ def sampled(config: Config, stage: str, iteration: int, from_stage: str | None, 
     if config.shards == 1:
         return sample(config, stage, iteration, from_stage, train)
     n = pipeline.shard_count(config, stage, iteration, train)
-    if shard_deployment:
-        futures = [shard_run.submit(shard_deployment, config, stage, iteration, s, from_stage, train) for s in range(n)]
-        [f.result() for f in futures]
+    if shard_deployment:  # all submitted first: the flow runs wait for workers together
+        for future in [shard_run.submit(shard_deployment, config, stage, iteration, s, from_stage, train)
+                       for s in range(n)]:
+            future.result()
     else:
-        [shard(config, stage, iteration, s, from_stage, train) for s in range(n)]
+        for s in range(n):
+            shard(config, stage, iteration, s, from_stage, train)
     return merge(config, stage, iteration, from_stage, train)
 
 
