@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from policy.engines import Completion, Sampling
 from policy.prompts import PromptConfig, Turn, encode_prompt, parse_action
-from stages.shards import shard_stage_name
 from storage.faults import fault_point
 from storage.layout import root_relative
 from storage.parquet import write_table
@@ -198,13 +197,7 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
                              "checkpoint": checkpoint, "seed": params.seed, **ep})
         turn_rows += [{"episode_id": episode_id, **t} for t in ep_turns]
     summary = {"goals": len({g for g, _ in requests}), "episodes": len(episode_rows), "turns": len(turn_rows),
-               "seconds": round(seconds, 2), "engine": engine.name,
-               "mean_reward": sum(e["reward"] for e in episode_rows) / max(1, len(episode_rows)),
-               "completion_tokens": sum(e["completion_tokens"] for e in episode_rows), "engine_stats": engine_work,
-               "prefix_cache_hit_rate": (engine_work["prefix_cache_hit_tokens"] / engine_work["prompt_tokens"]
-                                         if engine_work.get("prompt_tokens") else None),
-               "end_reasons": {r: sum(e["end_reason"] == r for e in episode_rows)
-                               for r in sorted({e["end_reason"] for e in episode_rows})}}
+               "seconds": round(seconds, 2), "engine": engine.name, **episode_summary(episode_rows, engine_work)}
     manifest = {"stage": stage, "run": run, "iteration": iteration, "key": key, "params": key_params,
                 "inputs": {**inputs, "checkpoint": checkpoint}, "summary": summary,
                 **({} if shard is None else {"shard": shard})}
@@ -218,6 +211,22 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
              len(episode_rows), len(turn_rows), seconds, summary["mean_reward"],
              "n/a" if hits is None else f"{hits:.0%} of prompt tokens", folder)
     return folder
+
+
+def episode_summary(episode_rows: list[dict], engine_work: dict[str, float]) -> dict:
+    """What a stage's manifest says of its episodes and of the engine's work on them (`engine_stats` differences;
+    a sharded stage's merge passes its shards' sums)."""
+    return {"mean_reward": sum(e["reward"] for e in episode_rows) / max(1, len(episode_rows)),
+            "completion_tokens": sum(e["completion_tokens"] for e in episode_rows), "engine_stats": engine_work,
+            "prefix_cache_hit_rate": (engine_work["prefix_cache_hit_tokens"] / engine_work["prompt_tokens"]
+                                      if engine_work.get("prompt_tokens") else None),
+            "end_reasons": {r: sum(e["end_reason"] == r for e in episode_rows)
+                            for r in sorted({e["end_reason"] for e in episode_rows})}}
+
+
+def shard_stage_name(stage: str) -> str:
+    """The folder of a sharded stage's shards (stages/shards.py) beside the stage's own."""
+    return f"{stage}-shards"
 
 
 def engine_stats(engine) -> dict[str, float]:

@@ -18,13 +18,14 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from stages.rollout import episode_summary
 from storage.parquet import write_table
 from storage.stages import code_version, read_manifest, reuse_done, stage_dir, stage_key, stage_output
 from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA
 
 log = logging.getLogger(__name__)
 MERGE_SQL = Path(__file__).with_name("merge_shards.sql")
-SUMMED = ("goals", "episodes", "turns", "seconds", "completion_tokens")  # per-shard summary counts that add up
+SUMMED = ("goals", "episodes", "turns", "seconds")  # per-shard summary counts that add up
 
 
 def split_requests(requests: list[tuple[int, int]], shards: int) -> list[list[tuple[int, int]]]:
@@ -40,10 +41,6 @@ def split_requests(requests: list[tuple[int, int]], shards: int) -> list[list[tu
     for request in requests:
         out[shard_of[request[0]]].append(request)
     return out
-
-
-def shard_stage_name(stage: str) -> str:
-    return f"{stage}-shards"
 
 
 def merge_stage(shards: list[Path], *, run: str, stage: str, iteration: int | None, root=None,
@@ -88,18 +85,11 @@ def _merged(con: duckdb.DuckDBPyConnection, files: list[Path], schema: pa.Schema
 
 
 def _summary(shards: list[dict], episodes: list[dict]) -> dict:
-    """The shards' summaries as one: counts and seconds (engine time, not wall time) summed, rates recomputed."""
-    out = {k: sum(s[k] for s in shards) for k in SUMMED}
-    engine = {}
+    """The shards' summaries as one: counts, seconds (engine time, not wall time) and engine counters summed, the
+    rest recomputed over all episodes."""
+    engine: dict[str, float] = {}
     for s in shards:
         for k, v in s.get("engine_stats", {}).items():
             engine[k] = engine.get(k, 0.0) + v
-    reasons: dict[str, int] = {}
-    for e in episodes:
-        reasons[e["end_reason"]] = reasons.get(e["end_reason"], 0) + 1
-    return {**out, "shards": len(shards), "engine": shards[0]["engine"],
-            "mean_reward": sum(e["reward"] for e in episodes) / max(1, len(episodes)), "engine_stats": engine,
-            "prefix_cache_hit_rate": (engine["prefix_cache_hit_tokens"] / engine["prompt_tokens"]
-                                      if engine.get("prompt_tokens") else None),
-            "end_reasons": dict(sorted(reasons.items())), "shard_seconds": [s["seconds"] for s in shards]}
-
+    return {**{k: sum(s[k] for s in shards) for k in SUMMED}, "shards": len(shards), "engine": shards[0]["engine"],
+            **episode_summary(episodes, engine), "shard_seconds": [s["seconds"] for s in shards]}

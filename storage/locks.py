@@ -100,7 +100,7 @@ def _store_lease(run_folder: Path, run: str):
                             f"was renewed {age:.0f} s ago): wait for it to end or use another --run")
         log.warning("run %r: took over the store lease of pid %s on %s, not renewed for %.0f s", run,
                     holder.get("pid"), holder.get("host"), age)
-        store._io("write", key, store.fs.rm, key)
+        remote.remove(run_folder / LEASE_FILE)
         if not _create(store, key, lease):  # another machine took it over in between
             raise RunLocked(f"run {run!r}: another writer took over its stale store lease first: use another --run "
                             "or wait for it to end")
@@ -121,7 +121,7 @@ def _store_lease(run_folder: Path, run: str):
         stop.set()
         renewer.join()
         if _read(store, key).get("token") == lease["token"]:
-            store._io("write", key, store.fs.rm, key)
+            remote.remove(run_folder / LEASE_FILE)
 
 
 def _create(store, key: str, lease: dict) -> bool:
