@@ -1,25 +1,31 @@
-"""Learning-curve benchmark: does training make the agent better on goals it never trained on?
+"""Learning benchmark: does training make the agent better on goals it never trained on? (issue 11's protocol)
 
-Run (every stage is cached, so a re-run resumes; the defaults follow issue 11's protocol: 200 test goals, at most
-15 steps; the last full run, at 50 goals and 6 steps, took about 80 minutes on 2 CPU cores with native bf16):
-    .venv/bin/python -m bench.learning [--data ../shared/webshop] [--sft-demos 40] [--num-steps 3]
-                                       [--eval-goals 200] [--out bench/results/learning.json]
+Run (every stage is cached, so a re-run resumes where it stopped):
+    make bench-learning        # = .venv/bin/python -m bench.learning --data ../shared/webshop
+    .venv/bin/python -m bench.learning [--arms sft+weighted-sft,sft+apo] [--seeds 0,1] [--num-steps 1]
+                                       [--sft-demos 100] [--eval-goals 200] [--out bench/results/learning.json]
 
 On the real 1,000-product catalogue with upstream's synthetic goals: training goals come from the train split,
-evaluation is greedy on the first `--eval-goals` test goals (0-499), the same goals for every arm:
+evaluation is greedy on the first `--eval-goals` test goals (0-499) at most 15 steps, the same goals for every
+policy, so every comparison is also paired goal by goal:
 
     rule, oracle        the scripted baselines (webshop.policies), same goals, same step cap
-    base                the embedded base model (iteration 0), then `--base-steps` A*-PO iterations from it with
-                        no warm start (weighted-SFT objective)
-    sft+weighted-sft    `apo train --sft-demos N`: the warm start on oracle demonstrations (iteration 0), then
-                        `--num-steps` A*-PO iterations with the weighted-SFT objective
-    sft+apo             the same iterations with the paper's least-squares objective, on the same cached warm
-                        start and reference samples (`--reference-run` of the weighted-SFT run)
+    sft+weighted-sft    `apo train --sft-demos N`: the warm start on N oracle demonstrations (iteration 0, which
+                        every other arm shares), then `--num-steps` A*-PO iterations with the seed's
+                        weighted-SFT objective (`--adv-norm goal --skip-degenerate` by default)
+    sft+apo             the same iterations with the paper's least-squares objective, on the same warm start and
+                        reference samples (`--reference-run` of the weighted-SFT run)
+    base                optional: the embedded base model, then `--base-steps` iterations from it
+    seeds               each `--seeds` value after the first replays the weighted-SFT iterations from the same
+                        warm start with another seed (other training goals and samples): `apo iteration --model
+                        <warm start>`, once per iteration, in a run of its own
 
-Each arm is one `apo train` command (printed, and stored in the JSON) in its own process, in ephemeral Prefect
-mode, so every iteration also publishes its artifacts. Scores are 100 x mean reward with a 95% normal interval;
-success rates have a 95% Wilson interval; baselines get the same intervals (stages.evaluate). Output: a
-markdown table on stdout, JSON with every number and the wall time of each stage, and a PNG of the curves.
+The settings are fixed before any evaluation (none is chosen on the test goals). Each arm is one `apo train`
+process (printed, and stored in the JSON) in ephemeral Prefect mode. Scores are 100 x mean reward with a 95%
+normal interval; success rates have a 95% Wilson interval (stages.evaluate, the baselines too); paired gains
+are the per-goal differences against the warm start with a 95% normal interval. The JSON's `done_when` checks
+issue 11's bars. Output: a markdown table on stdout, JSON with every number and the wall time of every stage
+and of the whole invocation, and a PNG of the curves.
 """
 from __future__ import annotations
 
@@ -36,13 +42,20 @@ from pathlib import Path
 ARMS = ("base", "sft+weighted-sft", "sft+apo")
 
 
+def iteration_flags(args: argparse.Namespace) -> list[str]:
+    """What every A*-PO iteration of the benchmark is run with (the warm start has its own flags)."""
+    return ["--data", str(args.data), "--output-dir", str(args.output_dir),
+            "--max-episode-steps", str(args.max_episode_steps), "--history-turns", str(args.history_turns),
+            "--eval-goals", str(args.eval_goals), "--batch-size", str(args.batch_size),
+            "--v-star-samples", str(args.v_star_samples), "--rollout-samples", str(args.rollout_samples),
+            "--batch-episodes", str(args.batch_episodes), "--learning-rate", str(args.learning_rate),
+            "--eval-frequency", str(args.eval_frequency), "--adv-norm", args.adv_norm,
+            "--skip-degenerate" if args.skip_degenerate else "--no-skip-degenerate"]
+
+
 def arm_commands(args: argparse.Namespace) -> dict[str, list[str]]:
-    common = ["--data", str(args.data), "--output-dir", str(args.output_dir), "--seed", str(args.seed),
-              "--max-episode-steps", str(args.max_episode_steps), "--history-turns", str(args.history_turns),
-              "--eval-goals", str(args.eval_goals), "--batch-size", str(args.batch_size),
-              "--v-star-samples", str(args.v_star_samples), "--rollout-samples", str(args.rollout_samples),
-              "--learning-rate", str(args.learning_rate), "--eval-frequency", str(args.eval_frequency),
-              "--adv-norm", args.adv_norm, "--skip-degenerate" if args.skip_degenerate else "--no-skip-degenerate"]
+    """One `apo train` command per arm, all with the first seed."""
+    common = ["--seed", str(args.seeds[0])] + iteration_flags(args)
     sft = ["--sft-demos", str(args.sft_demos), "--sft-epochs", str(args.sft_epochs),
            "--sft-batch-episodes", str(args.sft_batch_episodes), "--sft-learning-rate", str(args.sft_learning_rate),
            "--num-steps", str(args.num_steps)]
@@ -55,6 +68,14 @@ def arm_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     }
 
 
+def seed_command(args: argparse.Namespace, seed: int, warm_start: str, iteration: int) -> list[str]:
+    """Weighted-SFT iteration i of another seed from the shared warm start, in a run of its own (a done one is
+    reused). No iteration 0: the warm start's evaluation is the first seed's."""
+    return [sys.executable, "-m", "apo.cli", "iteration", "--run", f"{args.prefix}-wsft-seed{seed}",
+            "--iteration", str(iteration), "--model", warm_start, "--seed", str(seed), "--objective", "weighted-sft",
+            "--num-steps", str(args.num_steps)] + iteration_flags(args)
+
+
 def baselines(args: argparse.Namespace) -> dict[str, dict]:
     """rule and oracle on the evaluation goals, with the trained policies' intervals (webshop/metrics.py)."""
     from storage.catalogues import open_catalogue
@@ -62,8 +83,8 @@ def baselines(args: argparse.Namespace) -> dict[str, dict]:
     from webshop.goals import build_goals
     from webshop.policies import evaluate
 
-    catalogue = open_catalogue(str(args.data), None, args.seed, args.output_dir)
-    shop = Shop(catalogue, build_goals(catalogue, "synthetic", args.seed))
+    catalogue = open_catalogue(str(args.data), None, args.seeds[0], args.output_dir)
+    shop = Shop(catalogue, build_goals(catalogue, "synthetic", args.seeds[0]))
     goals = list(shop.goals.split("test"))[:args.eval_goals]
     out = {}
     for name in ("rule", "oracle"):
@@ -80,8 +101,9 @@ def run_summary(run: str, root: Path, last: int) -> dict:
     import duckdb
 
     from stages.report import eval_row
+    from storage.layout import record_as_read
 
-    records = sorted((r for p in (root / "runs" / run).glob("iter=*/iteration.json")
+    records = sorted((record_as_read(r, root) for p in (root / "runs" / run).glob("iter=*/iteration.json")
                       if (r := json.loads(p.read_text()))["iteration"] <= last), key=lambda r: r["iteration"])
     curve, seconds, counted = [], {}, set()
     con = duckdb.connect()
@@ -102,36 +124,57 @@ def run_summary(run: str, root: Path, last: int) -> dict:
                 seconds[stage] = round(seconds.get(stage, 0.0) + s, 1)
     finally:
         con.close()
-    return {"curve": curve, "stage_seconds": seconds}
-
-
-def overlap(a: dict, b: dict) -> dict[str, bool]:
-    """Whether the 95% intervals of two evaluations overlap (score: normal; success: Wilson)."""
-    s = abs(a["score"] - b["score"]) <= a["score_ci"] + b["score_ci"]
-    lo_a, hi_a = a["success_centre"] - a["success_ci"], a["success_centre"] + a["success_ci"]
-    lo_b, hi_b = b["success_centre"] - b["success_ci"], b["success_centre"] + b["success_ci"]
-    return {"score": s, "success": not (hi_a < lo_b or hi_b < lo_a)}
+    return {"curve": curve, "stage_seconds": seconds, "warm_start": records[0].get("sft") if records else None}
 
 
 def paired_gain(after: str, before: str) -> dict:
-    """Score gain of one evaluation over another on the same goals (greedy, so one episode per goal): the mean
-    per-goal reward difference x 100 with its 95% normal half-width, and how many goals got better or worse.
-    Pairing removes the goal-to-goal spread that makes the two separate intervals wide."""
+    """Gain of one evaluation over another on the same goals (greedy, so one episode per goal), in points: the
+    mean per-goal difference x 100 of the reward (`score`) and of success (reward 1, `success`), each with its
+    95% normal half-width and how many goals got better or worse. Pairing removes the goal-to-goal spread that
+    makes the two separate intervals wide."""
     import duckdb
 
     from webshop.metrics import score_ci
 
     con = duckdb.connect()
     try:
-        diffs = [d for (d,) in con.sql(
-            "SELECT a.reward - b.reward FROM read_parquet($a) a JOIN read_parquet($b) b USING (goal_idx) "
-            "ORDER BY goal_idx", params={"a": str(Path(after) / "episodes.parquet"),
-                                         "b": str(Path(before) / "episodes.parquet")}).fetchall()]
+        rows = con.sql(
+            "SELECT a.reward - b.reward, (a.reward = 1)::INT - (b.reward = 1)::INT "
+            "FROM read_parquet($a) a JOIN read_parquet($b) b USING (goal_idx) ORDER BY goal_idx",
+            params={"a": str(Path(after) / "episodes.parquet"), "b": str(Path(before) / "episodes.parquet")}
+        ).fetchall()
     finally:
         con.close()
-    gain, ci = score_ci(diffs)
-    return {"n": len(diffs), "gain": round(gain, 2), "gain_ci": round(ci, 2),
-            "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
+    out = {"n": len(rows)}
+    for k, name in enumerate(("score", "success")):
+        diffs = [r[k] for r in rows]
+        gain, ci = score_ci(diffs)
+        out[name] = {"gain": round(gain, 2), "gain_ci": round(ci, 2),
+                     "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs)}
+    return out
+
+
+def done_when(result: dict) -> dict:
+    """Issue 11's bars over the evaluated policies: the best trained policy (highest success rate, warm start
+    included) has a success interval entirely above the rule's, a success rate above 20% (and whether its whole
+    interval is), and a score above the rule's; every weighted-SFT run beats the warm start (paired score
+    interval above 0)."""
+    rule = result["baselines"]["rule"]
+    trained = [(f"{arm} iteration {r['iteration']}", r) for arm, s in result["arms"].items() if arm != "base"
+               for r in s["curve"]]
+    if not trained:
+        return {}
+    name, best = max(trained, key=lambda t: (t[1]["success_rate"], t[1]["score"]))
+    low = best["success_centre"] - best["success_ci"]
+    wsft = [s["vs_warm_start"] for arm, s in result["arms"].items()
+            if arm.startswith(("sft+weighted-sft", "seed")) and "vs_warm_start" in s]
+    return {"best_trained": name,
+            "success_interval_above_rule": low > rule["success_centre"] + rule["success_ci"],
+            "success_rate_above_20": best["success_rate"] > 0.20, "success_interval_above_20": low > 0.20,
+            "score_above_rule": best["score"] > rule["score"],
+            "weighted_sft_beats_warm_start": bool(wsft) and all(
+                p["score"]["gain"] - p["score"]["gain_ci"] > 0 for p in wsft),
+            "weighted_sft_runs": len(wsft)}
 
 
 def table(result: dict) -> str:
@@ -149,38 +192,62 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run_arm(result: dict, name: str, commands: list[list[str]], output_dir: Path, last: int) -> dict:
+    """Run an arm's commands in turn (each in its own process), then summarise its run up to iteration `last`."""
+    start = time.perf_counter()
+    for command in commands:
+        print("$ " + " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    run = commands[0][commands[0].index("--run") + 1]
+    result["commands"][name] = [" ".join(c[1:]) for c in commands]
+    result["arms"][name] = {"run": run, "wall_s": round(time.perf_counter() - start, 1),
+                            **run_summary(run, output_dir, last)}
+    return result["arms"][name]
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.learning", description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/webshop"), help="real WebShop data folder")
     ap.add_argument("--output-dir", type=Path, default=Path("storage_root"), help="storage root of the runs")
-    ap.add_argument("--prefix", default="learning", help="run names: <prefix>-base, -wsft, -apo")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
-    ap.add_argument("--sft-demos", type=int, default=40)
-    ap.add_argument("--sft-epochs", type=int, default=2)
-    ap.add_argument("--sft-batch-episodes", type=int, default=4, help="demonstrations per warm-start step")
+    ap.add_argument("--prefix", default="learning", help="run names: <prefix>-wsft, -apo, -base, -wsft-seed<s>")
+    ap.add_argument("--arms", default="sft+weighted-sft,sft+apo",
+                    help=f"comma-separated subset of {', '.join(ARMS)}")
+    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0],
+                    help="comma-separated; the first runs the arms, each other one the weighted-SFT iterations "
+                         "again from the same warm start")
+    ap.add_argument("--sft-demos", type=int, default=100, help="oracle demonstrations of the warm start")
+    ap.add_argument("--sft-epochs", type=int, default=1)
+    ap.add_argument("--sft-batch-episodes", type=int, default=2, help="demonstrations per warm-start step")
     ap.add_argument("--sft-learning-rate", type=float, default=1e-4)
-    ap.add_argument("--num-steps", type=int, default=3, help="A*-PO iterations after the warm start")
+    ap.add_argument("--num-steps", type=int, default=1, help="A*-PO iterations after the warm start")
     ap.add_argument("--base-steps", type=int, default=3,
                     help="A*-PO iterations from the base model, without a warm start (0: evaluate it only)")
-    ap.add_argument("--eval-frequency", type=int, default=3)
+    ap.add_argument("--eval-frequency", type=int, default=1)
     ap.add_argument("--eval-goals", type=int, default=200, help="first N test goals (issue 11: at least 200)")
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=4, help="training goals per iteration")
     ap.add_argument("--v-star-samples", type=int, default=4)
-    ap.add_argument("--rollout-samples", type=int, default=2)
+    ap.add_argument("--rollout-samples", type=int, default=4)
+    ap.add_argument("--batch-episodes", type=int, default=4, help="episodes per AdamW step of an iteration")
     ap.add_argument("--learning-rate", type=float, default=1e-5)
     ap.add_argument("--max-episode-steps", type=int, default=15, help="upstream's and the peers' cap")
     ap.add_argument("--history-turns", type=int, default=0)
-    ap.add_argument("--adv-norm", choices=("batch", "goal"), default="batch")
-    ap.add_argument("--skip-degenerate", action="store_true")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--adv-norm", choices=("batch", "goal"), default="goal")
+    ap.add_argument("--skip-degenerate", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--out", type=Path, default=Path("bench/results/learning.json"))
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     if not (args.data / "items_ins_v2_1000.json").is_file():
         sys.exit(f"bench.learning: {args.data} does not hold the real WebShop data (items_ins_v2_1000.json); "
                  "pass --data")
     arms = [a for a in args.arms.split(",") if a]
     if unknown := set(arms) - set(ARMS):
         sys.exit(f"bench.learning: unknown arms {sorted(unknown)}; expected a subset of {', '.join(ARMS)}")
+    if len(args.seeds) > 1 and "sft+weighted-sft" not in arms:
+        sys.exit("bench.learning: --seeds after the first replay the sft+weighted-sft arm; add it to --arms")
+    started = time.perf_counter()
     commands = arm_commands(args)
     from policy.hardware import describe_machine
     result = {"command": "python -m bench.learning " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -192,24 +259,21 @@ def main(argv: list[str] | None = None) -> dict:
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "baselines": baselines(args), "arms": {}, "commands": {}}
     for arm in arms:
-        command = commands[arm]
-        print("$ " + " ".join(command), flush=True)
-        start = time.perf_counter()
-        subprocess.run(command, check=True)
-        run = command[command.index("--run") + 1]
-        steps = int(command[command.index("--num-steps") + 1])
-        result["arms"][arm] = {"run": run, "wall_s": round(time.perf_counter() - start, 1),
-                               **run_summary(run, args.output_dir, steps)}
-        result["commands"][arm] = " ".join(command[1:])
-    base = result["arms"].get("base", {}).get("curve", [None])[0]
+        run_arm(result, arm, [commands[arm]], args.output_dir,
+                args.base_steps if arm == "base" else args.num_steps)
+    for seed in args.seeds[1:]:
+        checkpoint = str(Path(result["arms"]["sft+weighted-sft"]["warm_start"]) / "checkpoint")
+        run_arm(result, f"seed {seed}", [seed_command(args, seed, checkpoint, i)
+                                          for i in range(1, args.num_steps + 1)], args.output_dir, args.num_steps)
+    # The warm start's evaluation: iteration 0 of the sft arms (they share it).
+    warm = next((s["curve"][0] for arm, s in result["arms"].items()
+                 if arm.startswith("sft+") and s["curve"] and s["curve"][0]["iteration"] == 0), None)
     for arm, summary in result["arms"].items():
-        if base is not None and summary["curve"] and summary["curve"][-1]["iteration"] > 0:
-            best = max(summary["curve"], key=lambda r: r["score"])
-            last = summary["curve"][-1]
-            summary["vs_base"] = {"last_iteration": last["iteration"], "overlap_last": overlap(last, base),
-                                  "best_iteration": best["iteration"], "overlap_best": overlap(best, base),
-                                  "paired_last": paired_gain(last["eval"], base["eval"])}
-            summary["vs_iteration_0"] = paired_gain(last["eval"], summary["curve"][0]["eval"])
+        last = summary["curve"][-1] if summary["curve"] else None
+        if warm is not None and arm != "base" and last is not None and last["iteration"] > 0:
+            summary["vs_warm_start"] = {"iteration": last["iteration"], **paired_gain(last["eval"], warm["eval"])}
+    result["done_when"] = done_when(result)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
 
     from stages.report import plot_curves
     png = plot_curves({arm: s["curve"] for arm, s in result["arms"].items()}, args.out.with_suffix(".png"),
@@ -221,9 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(table(result))
     for arm, s in result["arms"].items():
         print(f"{arm}: {s['wall_s']:.0f} s wall in this invocation (cached stages are not re-run); "
-              f"stage seconds {s['stage_seconds']}; vs base {s.get('vs_base', '-')}; "
-              f"last vs iteration 0 (paired) {s.get('vs_iteration_0', '-')}")
-    print(f"wrote {args.out} and {png}")
+              f"stage seconds {s['stage_seconds']}; paired vs the warm start {s.get('vs_warm_start', '-')}")
+    print(f"done_when {result['done_when']}")
+    print(f"{result['wall_s']:.0f} s in all; wrote {args.out} and {png}")
     return result
 
 

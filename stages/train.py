@@ -389,18 +389,23 @@ def _train(checkpoint: Path, reference: Path, data, params: TrainParams, root, s
 RANK_TIMEOUT = timedelta(minutes=10)  # a rank that died leaves the others waiting at a collective this long
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _train_ranks(checkpoint: Path, reference: Path, data, data_paths: tuple[Path, Path], params: TrainParams,
                  root, stage: str, progress: bool):
     """`params.train_processes` data-parallel ranks on this node: this process is rank 0 (it keeps the trained
     policy and writes the checkpoint), ranks 1.. are started fresh (spawn), as torchrun would, and meet it over a
     local TCP rendezvous; NCCL on GPUs (rank r on GPU r), gloo on a CPU (the cores shared among the ranks). A rank
     that fails fails the stage."""
-    import socket
-
     world = params.train_processes
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     threads = torch.get_num_threads()
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, threads // world))

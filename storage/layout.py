@@ -15,8 +15,10 @@ from storage import remote
 
 
 def storage_root(root: str | Path | None = None) -> Path:
-    """The storage root: an explicit path, else $APO_HOME, else ./storage_root (created on first use)."""
-    path = _as_given(root)
+    """The storage root, absolute: an explicit path, else $APO_HOME, else ./storage_root (created on first use).
+    Absolute, so every folder under it is too: a folder one stage hands to the next cannot be mistaken for a
+    root-relative path as records store them (`from_root` put a relative root in front of it a second time)."""
+    path = _root_path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -167,6 +167,8 @@ def s3_server(tmp_path_factory):
     import time
     import urllib.request
 
+    from stages.train import free_port
+
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -197,14 +199,6 @@ def s3_server(tmp_path_factory):
         server.wait()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     """A real Prefect server on a free local port, with the `apo` process work pool and the project's deployments
@@ -215,6 +209,8 @@ def prefect_server(tmp_path_factory):
     import sys
     import time
     import urllib.request
+
+    from stages.train import free_port
 
     home = tmp_path_factory.mktemp("prefect")
     api = f"http://127.0.0.1:{free_port()}/api"

@@ -391,6 +391,23 @@ def test_a_copied_root_and_another_spelling_of_it_read_as_the_original(first, co
         policy_checkpoint(moved, 2)
 
 
+def test_a_relative_root_evaluates_the_checkpoint_its_train_stage_wrote(first, config, tmp_path, monkeypatch):
+    """With the root given relative (./storage_root, the default, is), the train folder the flow hands to its eval
+    task was read as a root-relative record path and the root put in front of it a second time: every iteration's
+    evaluation failed ('Repo id must be in the form ...') after training (found by a learning run)."""
+    import shutil
+
+    from flows.apo import apo
+    from stages.report import eval_row
+
+    shutil.copytree(config.output_dir, tmp_path / "rel")
+    monkeypatch.chdir(tmp_path)
+    record = apo(replace(config, output_dir="rel"), 1, "eval")  # every stage cached but the evaluation
+    assert Path(record["eval"]).resolve().is_relative_to((tmp_path / "rel").resolve())
+    again, before = eval_row(record["eval"]), eval_row(first["eval"])
+    assert again["n"] == before["n"] == config.eval_goals and again["score"] == before["score"]  # greedy, same model
+
+
 def test_a_damaged_earlier_evaluation_does_not_fail_the_report(first, config, tmp_path, caplog):
     """A corrupt earlier eval.parquet crashed `apo iteration` after it had done its work, while publishing the
     artifacts (issue 13): the report leaves it out, with a warning naming it."""
