@@ -34,8 +34,9 @@ class Sampling:
     """Softmax temperature; 0 is greedy."""
     top_p: float = 1.0
     """Nucleus sampling mass."""
-    max_new_tokens: int = 48
-    """Cap on a reply's length in tokens."""
+    max_new_tokens: int = 128
+    """Cap on a reply's length in tokens: room for the longest oracle action on the real goals (a search by a
+    product title, 90 tokens; replies end at the first "]", so the cap only bounds a runaway reply)."""
     seed: int = 0
     """Seed of this call (hf: the same prompts and seed give the same completions; vllm is seeded at start)."""
 

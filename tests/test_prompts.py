@@ -312,11 +312,14 @@ def test_consecutive_prompts_of_an_episode_share_everything_before_the_page(toke
         assert later.startswith(head)
 
 
-def test_oracle_demonstrations_are_learnable_on_every_training_goal(real_shop):
+def test_oracle_demonstrations_are_learnable_on_every_training_goal(real_shop, embedded_model):
     """Over the oracle's episodes on all training goals, no two identical prompts (default settings) carry
     different oracle actions; the page alone (the prompt before the turn carried state) does: an item page
-    reads the same before and after an option is clicked."""
+    reads the same before and after an option is clicked. And every oracle action fits the default reply budget
+    (with 48 tokens, 14% of the searches could not be finished by the policy that learned them)."""
     from dataclasses import replace
+
+    from transformers import AutoTokenizer
 
     from policy.prompts import build_messages
     from stages.rollout import RolloutParams
@@ -330,6 +333,8 @@ def test_oracle_demonstrations_are_learnable_on_every_training_goal(real_shop):
     env = BatchEnv(real_shop, params.observation_mode, params.max_episode_steps)
     env.reset(goals)
     memories = [{} for _ in goals]
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+    action_tokens = {}
     with_state, page_only = {}, {}
     conflicts_with_state, conflicts_page_only = [], 0
     while env.live():
@@ -342,7 +347,12 @@ def test_oracle_demonstrations_are_learnable_on_every_training_goal(real_shop):
                 conflicts_with_state.append((key, with_state[key], actions[i]))
             bare = turn_message(replace(turn, selected=(), previous_actions=(), invalid_reason=None))
             conflicts_page_only += page_only.setdefault(bare, actions[i]) != actions[i]
+            if actions[i] not in action_tokens:
+                action_tokens[actions[i]] = len(tokenizer.encode(actions[i], add_special_tokens=False))
         env.step(actions)
+    longest = max(action_tokens, key=action_tokens.get)
+    assert params.max_new_tokens >= action_tokens[longest], longest
+    assert sum(n > 48 for n in action_tokens.values()) > 100  # the old default's budget was too short
     assert not conflicts_with_state, conflicts_with_state[:3]
     assert conflicts_page_only > 1000
     assert sum(e.state.reward == 1.0 for e in env.episodes) > 0.9 * len(goals)

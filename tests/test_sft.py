@@ -72,6 +72,16 @@ def test_done_demonstrations_are_reused(demos, generated_shop, embedded_model):
     assert again == demos["folder"] and (again / "manifest.json").stat().st_mtime_ns == mtime
 
 
+def test_a_demonstration_longer_than_the_reply_budget_is_refused(demos, generated_shop, embedded_model, tmp_path):
+    """A search the sampler would cut off at --max-new-tokens is refused before any table is written."""
+    longest = max(len(t["completion_ids"]) for t in demos["turns"])
+    short = RolloutParams(max_episode_steps=8, history_turns=1, max_new_tokens=longest - 1)
+    with pytest.raises(ValueError, match=f"is {longest} tokens, over --max-new-tokens {longest - 1}"):
+        demos_stage(generated_shop, demos["goals"], short, embedded_model, run="s", inputs={"catalogue": "gen"},
+                    root=tmp_path)
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
 def _mean_action_logprob(checkpoint: Path, data) -> float:
     from transformers import AutoModelForCausalLM
 
