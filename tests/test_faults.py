@@ -54,7 +54,7 @@ def apo_train(root: Path, model: Path, fault: str | None) -> tuple[int, list[str
             "--model", str(model), "--engine", "hf", "--dtype", "float32", "--num-steps", "1",
             "--eval-goals", "1", "--batch-size", "1", "--rollout-samples", "2", "--v-star-samples", "2",
             "--reference-block", "1", "--sft-demos", "3", "--sft-batch-episodes", "1", "--sft-epochs", "1",
-            "--max-episode-steps", "6", "--max-new-tokens", "8", "--eval-frequency", "1"]
+            "--max-episode-steps", "6", "--max-new-tokens", "48", "--eval-frequency", "1"]
     env = {k: v for k, v in os.environ.items() if k != "APO_FAULT"}
     if fault:
         env["APO_FAULT"] = fault

@@ -20,7 +20,8 @@ from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA
 def prefect():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # 120 s, as `apo` gives its ephemeral server: the harness's 30 s default times out on 2 busy cores
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 
@@ -139,9 +140,10 @@ def test_run_identity_cannot_change(first, config):
 def warm(prefect, config):
     from flows.apo import apo_train
 
-    # 8 steps: the oracle needs search, click, options and buy; the model's replies stay 8 tokens.
+    # 8 steps: the oracle needs search, click, options and buy; 48-token replies: room for its searches (the
+    # demonstrations stage refuses an action longer than the reply budget).
     warm_config = replace(config, run="warm", sft_demos=2, sft_epochs=1, sft_batch_episodes=1, max_episode_steps=8,
-                          history_turns=0)
+                          history_turns=0, max_new_tokens=48)
     return warm_config, apo_train(warm_config)
 
 

@@ -94,7 +94,7 @@ def _apo_train(output_dir: str, model: Path, num_steps: int, env: dict) -> None:
             "--model", str(model), "--engine", "hf", "--dtype", "float32", "--num-steps", str(num_steps),
             "--eval-goals", "1", "--batch-size", "1", "--rollout-samples", "2", "--v-star-samples", "2",
             "--reference-block", "1", "--sft-demos", "3", "--sft-batch-episodes", "1", "--sft-epochs", "1",
-            "--max-episode-steps", "6", "--max-new-tokens", "8", "--eval-frequency", "1"]
+            "--max-episode-steps", "6", "--max-new-tokens", "48", "--eval-frequency", "1"]
     out = subprocess.run(args, cwd=REPO, env={**_env(), **env}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
 
