@@ -5,6 +5,9 @@
     apo iteration [--iteration I] [--from-stage train] [config flags]   one iteration (the apo flow)
     apo eval [--checkpoint DIR | --iteration I] [--split test] [--goals 250:500] [--temperature 0] [config flags]
                                                                          one checkpoint's score and success rate
+    apo relabel [--checkpoint DIR | --iteration I] [--num-goals 100] [config flags]
+                                                                         one DAgger round: oracle corrections of
+                                                                         the checkpoint's own states, fine-tuned
     apo sql "SELECT ..."                                                 query the run tables (DuckDB)
 """
 from __future__ import annotations
@@ -105,6 +108,12 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
                                 "success_rate", "success_ci", "folder")}
 
 
+def relabel(args: argparse.Namespace) -> dict:
+    from apo.config import config_from_args
+    from stages.pipeline import relabel_checkpoint
+    return relabel_checkpoint(config_from_args(args), args.num_goals, args.checkpoint, args.iteration)
+
+
 def sql(args: argparse.Namespace) -> None:
     from storage.catalog import query
     from storage.layout import existing_root
@@ -124,6 +133,13 @@ def data(args: argparse.Namespace) -> dict:
     if args.action == "check":
         return check_dir(args.dir)
     return download(args.dir, args.set)
+
+
+def _checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint folder or model name (default: --model, or the run's --iteration)")
+    parser.add_argument("--iteration", type=int, default=None,
+                        help="the checkpoint of this iteration of --run (0: its reference model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,13 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="score one checkpoint on goals of a split (tables under the run)")
     add_config_arguments(e, {"temperature": 0.0})  # greedy unless asked: what the learning curve reports
     e.set_defaults(func=evaluate_checkpoint)
-    e.add_argument("--checkpoint", default=None,
-                   help="checkpoint folder or model name (default: --model, or the run's --iteration)")
-    e.add_argument("--iteration", type=int, default=None, help="the checkpoint of this iteration of --run (0: its "
-                                                               "reference model)")
+    _checkpoint_arguments(e)
     e.add_argument("--split", choices=SPLITS, default="test", help="test = goals 0-499, eval = 500-1499")
     e.add_argument("--goals", type=_goal_range, default=None, help="START:STOP, goal indices within the split "
                                                                    "(default: the whole split)")
+    r = sub.add_parser("relabel", help="one DAgger round: the checkpoint plays training goals greedily, its turns on "
+                                       "the goal's item page are relabelled with the oracle's action, and it is "
+                                       "fine-tuned on them (--sft-* flags)")
+    add_config_arguments(r)
+    r.set_defaults(func=relabel)
+    _checkpoint_arguments(r)
+    r.add_argument("--num-goals", type=_positive_int, default=100,
+                   help="training goals played (those just before the --sft-demos demonstrations' goals)")
     d = sub.add_parser("data", help="WebShop's data files: check a folder, or download upstream's files into it")
     d.add_argument("action", choices=("check", "download"))
     d.add_argument("dir", help="the data folder (what --data takes)")
@@ -188,7 +209,7 @@ def _exit_on_sigterm(signum, frame) -> None:
 
 
 # Commands that start child processes (vLLM's engine, the temporary Prefect server).
-SPAWNING = ("train", "iteration", "eval")
+SPAWNING = ("train", "iteration", "eval", "relabel")
 
 
 def main(argv: list[str] | None = None) -> int:

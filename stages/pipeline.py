@@ -48,14 +48,14 @@ from stages.evaluate import eval_stage, merge_eval
 from stages.report import eval_row, iteration_metrics, plot_curves, reported_eval_row, sample_episodes_markdown
 from stages.rollout import episode_requests, reference_samples, rollout_stage
 from stages.shards import merge_stage, split_requests
-from stages.sft import demos_stage, sft_stage
+from stages.sft import demos_stage, relabel_stage, sft_stage
 from stages.train import train_stage
 from stages.weights import weights_stage
 from storage import remote
 from storage.faults import fault_point
 from storage.layout import from_root, record_as_read, record_to_store, root_relative, storage_root, writable_root
 from storage.locks import writer_lock
-from storage.stages import MANIFEST
+from storage.stages import MANIFEST, read_manifest
 
 log = logging.getLogger(__name__)
 STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")  # from_stage forces a stage and those after
@@ -212,6 +212,16 @@ def demo_goals(config: Config) -> list[int]:
     """Goals of the oracle demonstrations: taken from the end of the shuffled split, away from the batches."""
     train = training_goals(config)
     return train[-min(config.sft_demos, len(train)):]
+
+
+def relabel_goals(config: Config, count: int) -> list[int]:
+    """Goals of a DAgger round (`apo relabel`): the `count` goals just before the demonstrations' goals, away from
+    both the iterations' batches and the states the warm start was shown."""
+    train = training_goals(config)[:-config.sft_demos] if config.sft_demos else training_goals(config)
+    if count > len(train):
+        raise ValueError(f"--num-goals {count}: only {len(train)} training goals are left besides the "
+                         f"{config.sft_demos} demonstrations' goals")
+    return train[-count:]
 
 
 def base_model(config: Config) -> Path:
@@ -430,16 +440,44 @@ def eval_due(config: Config, iteration: int) -> bool:
     return iteration % config.eval_frequency == 0 or iteration == config.num_steps
 
 
+def chosen_checkpoint(config: Config, checkpoint: str | None, iteration: int | None) -> Path:
+    """The checkpoint a command names: a folder or model name, else iteration i of the run (0: its reference
+    model), else the config's model. The command writes under the run, so its root must be writable."""
+    if checkpoint is not None and iteration is not None:
+        raise ValueError("give --checkpoint or --iteration, not both")
+    writable_root(config.output_dir)
+    return (iteration_checkpoint(config, iteration) if iteration is not None
+            else resolve_model(checkpoint or config.model, config.output_dir))
+
+
+def relabel_checkpoint(config: Config, count: int, checkpoint: str | None = None,
+                       iteration: int | None = None) -> dict:
+    """`apo relabel`: one DAgger round. The checkpoint plays `count` training goals greedily, its turns on the goal's
+    item page that the oracle would have played otherwise become training rows (the relabel stage), and the
+    checkpoint is fine-tuned on them with the SFT parameters (an sft stage). Returns both folders and the new
+    checkpoint."""
+    path = chosen_checkpoint(config, checkpoint, iteration)
+    try:
+        folder = relabel_stage(engine_for(config), shop(config), relabel_goals(config, count),
+                               config.rollout_params(), path, run=config.run, inputs=_inputs(config),
+                               root=config.output_dir)
+    finally:
+        release_engine()
+    summary = read_manifest(folder)["summary"]
+    if not summary["turns"]:
+        raise ValueError(f"{path} did nothing on {count} goals that the oracle would correct (it never "
+                         "reached a goal's item page, or did there what the oracle does); nothing to train on")
+    trained = sft_stage(path, folder, config.sft_params(), run=config.run, root=config.output_dir)
+    return {"relabel": str(folder), "corrections": summary["turns"], "mean_reward": summary["mean_reward"],
+            "sft": str(trained), "checkpoint": str(Path(trained) / "checkpoint")}
+
+
 def eval_checkpoint(config: Config, checkpoint: str | None = None, iteration: int | None = None,
                     split: str = "test", goal_range: tuple[int, int] | None = None) -> dict:
     """`apo eval`: one checkpoint on goals of a split, at the config's temperature (0: greedy); returns the eval
     row with its folder. The checkpoint: a folder or model name, else iteration i of the run (0: its reference
     model), else the config's model. The folder lives in the run (under iter=<i>/ when an iteration is named)."""
-    if checkpoint is not None and iteration is not None:
-        raise ValueError("give --checkpoint or --iteration, not both")
-    writable_root(config.output_dir)  # it writes the evaluation's folder
-    path = (iteration_checkpoint(config, iteration) if iteration is not None
-            else resolve_model(checkpoint or config.model, config.output_dir))
+    path = chosen_checkpoint(config, checkpoint, iteration)
     in_split = list(shop(config).goals.split(split))
     if not in_split:
         raise ValueError(f"split {split!r} has no goals ({len(shop(config).goals)} goals in all)")

@@ -70,7 +70,7 @@ class _Live:
 
 
 def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams,
-                 progress: bool = False, demonstrator=None,
+                 progress: bool = False, demonstrator=None, labeller=None,
                  stage: str = "rollout") -> tuple[list[dict], list[dict]]:
     """Play one episode per (goal_idx, sample_idx) request. Returns (episode rows, turn rows) without the
     run/stage columns; `episode_id` is filled in by the caller (it holds those).
@@ -100,11 +100,11 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
             prompts.append(ids)
         if not positions:
             break
-        sampling = Sampling(params.temperature, params.top_p, params.max_new_tokens, params.seed * 1000 + turn)
         if demonstrator is not None:
             completions = [demonstration(engine.tokenizer, demonstrator(env.episodes[i], memories[i]),
                                          params.max_new_tokens) for i in positions]
         else:
+            sampling = Sampling(params.temperature, params.top_p, params.max_new_tokens, params.seed * 1000 + turn)
             try:
                 completions = engine.generate(prompts, sampling)
             except Exception as e:  # e.g. out of KV cache: finished episodes are kept, the live ones end here
@@ -119,10 +119,14 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
             ep = env.episodes[i]
             action = parse_action(c.text) or ""
             actions[i] = action
-            live[i].turns.append({"turn": turn, "page": ep.state.kind, "observation": observations[i],
-                                  "prompt_ids": ids, "completion_ids": c.token_ids,
-                                  "completion_logprobs": c.logprobs, "completion_text": c.text,
-                                  "action": action})
+            row = {"turn": turn, "page": ep.state.kind, "observation": observations[i], "prompt_ids": ids,
+                   "completion_ids": c.token_ids, "completion_logprobs": c.logprobs, "completion_text": c.text,
+                   "action": action}
+            if labeller is not None:
+                label = labeller(ep, memories[i])
+                row["correction"] = (None if label is None or label == action
+                                     else demonstration(engine.tokenizer, label, params.max_new_tokens))
+            live[i].turns.append(row)
         for i, result in env.step(actions).items():
             ep, rec = env.episodes[i], live[i]
             rec.turns[-1]["valid"] = result.info["valid"]
@@ -133,7 +137,18 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
         turn += 1
         fault_point(f"{stage}:turn")
     bar.close()
-    return _rows(env, live)
+    episodes, turns = _rows(env, live)
+    if labeller is not None:
+        turns = [[_corrected(t) for t in ep_turns if t["correction"] is not None] for ep_turns in turns]
+    return episodes, turns
+
+
+def _corrected(turn: dict) -> dict:
+    """A relabelled turn: the labeller's reply as the completion (what training imitates), the policy's action
+    kept in `action` (what the environment received)."""
+    label = turn.pop("correction")
+    return {**turn, "completion_ids": label.token_ids, "completion_logprobs": label.logprobs,
+            "completion_text": label.text}
 
 
 def demonstration(tokenizer, action: str, max_new_tokens: int) -> Completion:
@@ -143,7 +158,8 @@ def demonstration(tokenizer, action: str, max_new_tokens: int) -> Completion:
     warm start of the 48-token default lost 11 of 200 test episodes to unfinished searches)."""
     ids = tokenizer.encode(action, add_special_tokens=False)
     if len(ids) > max_new_tokens:
-        raise ValueError(f"demonstration {action[:60]!r}... is {len(ids)} tokens, over --max-new-tokens "
+        shown = action if len(action) <= 60 else action[:60] + "..."
+        raise ValueError(f"demonstration {shown!r} is {len(ids)} tokens, over --max-new-tokens "
                          f"{max_new_tokens}: a policy trained on it could never finish it; raise --max-new-tokens")
     return Completion(ids, [0.0] * len(ids), action, "stop")
 
@@ -176,7 +192,7 @@ def episode_requests(goals: list[int], samples: int | list[int]) -> list[tuple[i
 def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams, *, run: str,
                   stage: str, iteration: int | None, checkpoint: str, inputs: dict[str, str],
                   root=None, progress: bool = True, force: bool = False, cached_only: bool = False,
-                  extra_tables=None, demonstrator=None, shard: int | None = None):
+                  extra_tables=None, demonstrator=None, labeller=None, shard: int | None = None):
     """Run (or reuse) one rollout stage; returns its folder with episodes.parquet, turns.parquet, manifest.
 
     `engine_factory(checkpoint)` is only called when the stage is not done yet (loading an engine costs
@@ -185,7 +201,8 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
     (the new folder replaces the old one atomically); `cached_only` raises instead of computing a stage that is not
     done (a replay must not re-run it). `extra_tables(episode_rows) -> {name: table}` adds
     tables to the same folder (the eval stage's summary); `demonstrator` plays scripted episodes (the sft
-    stage's demonstrations, see `run_episodes`). `shard`: the requests are that shard of the stage's
+    stage's demonstrations, see `run_episodes`), `labeller` relabels the policy's turns (the relabel stage).
+    `shard`: the requests are that shard of the stage's
     (stages/shards.py): the folder is under `<stage>-shards/`, the rows are the stage's own.
     """
     key_params = {"stage": stage, **asdict(params)}
@@ -196,7 +213,7 @@ def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], p
         return folder
     engine = engine_factory(checkpoint)
     start, stats_before = time.perf_counter(), engine_stats(engine)
-    episodes, turns = run_episodes(engine, shop, requests, params, progress, demonstrator, stage)
+    episodes, turns = run_episodes(engine, shop, requests, params, progress, demonstrator, labeller, stage)
     seconds = time.perf_counter() - start
     engine_work = {k: v - stats_before[k] for k, v in engine_stats(engine).items()}
     episode_rows, turn_rows = [], []

@@ -1,6 +1,8 @@
-"""SFT warm start: WebShop's imitation-learning step, on demonstrations of the scripted oracle.
+"""SFT warm start: WebShop's imitation-learning step, on demonstrations of the scripted oracle, and DAgger's
+relabelling of a trained policy's own states.
 
-    demos(goals) ──> sft
+    demos(goals) ──> sft                         the warm start
+    relabel(checkpoint, goals) ──> sft           one DAgger round from any checkpoint (`apo relabel`)
 
 `demos_stage` plays `webshop.policies.oracle_policy` on training goals through the rollout loop, so every
 demonstration turn carries exactly the prompt ids a rollout of the model would build (same template, history
@@ -10,6 +12,13 @@ tables an iteration's training reads, so `sft_stage` is the ordinary training st
 weighted SFT with weight 1, no KL, minibatches of episodes, a higher learning rate.
 
 The warm-started checkpoint is then the run's reference model (A*-PO's pi_ref) and its first policy.
+
+A policy trained on the oracle's episodes only ever saw the oracle's states: once it clicks a wrong option, or
+re-clicks one it already chose, it is somewhere no demonstration went (the 100-demonstration warm start spent 26
+of 27 step-capped test episodes re-clicking one option). `relabel_stage` lets the policy play training goals
+greedily and keeps each turn on the goal's own item page where the oracle would have acted otherwise, with the
+oracle's action as the reply (`webshop.policies.goal_item_corrections`); `sft_stage` on that folder fine-tunes
+the policy on its own mistakes.
 """
 from __future__ import annotations
 
@@ -22,17 +31,22 @@ import pyarrow as pa
 from stages.rollout import RolloutParams, episode_requests, rollout_stage
 from stages.train import TrainParams, train_stage
 from storage.layout import root_relative
-from webshop.policies import oracle_policy
+from webshop.policies import goal_item_corrections, oracle_policy
 
 DEMO_WEIGHTS_SCHEMA = pa.schema([("episode_id", pa.string()), ("goal_idx", pa.int32()), ("reward", pa.float64()),
                                  ("weight", pa.float64()), ("advantage", pa.float64())])
 
 
+def unit_weights(episode_rows: list[dict]) -> pa.Table:
+    """Weight 1 for each episode: every turn of it is a row to imitate."""
+    rows = [{"episode_id": e["episode_id"], "goal_idx": e["goal_idx"], "reward": e["reward"], "weight": 1.0,
+             "advantage": 0.0} for e in episode_rows]
+    return pa.Table.from_pylist(rows, schema=DEMO_WEIGHTS_SCHEMA)
+
+
 def demo_weights(episode_rows: list[dict]) -> pa.Table:
     """Weight 1 for each demonstration that succeeded; failed ones (the oracle misses ~5% of goals) get none."""
-    rows = [{"episode_id": e["episode_id"], "goal_idx": e["goal_idx"], "reward": e["reward"], "weight": 1.0,
-             "advantage": 0.0} for e in episode_rows if e["success"]]
-    return pa.Table.from_pylist(rows, schema=DEMO_WEIGHTS_SCHEMA)
+    return unit_weights([e for e in episode_rows if e["success"]])
 
 
 def demos_stage(shop, goals: list[int], params: RolloutParams, model: Path, *, run: str, inputs: dict[str, str],
@@ -48,6 +62,16 @@ def demos_stage(shop, goals: list[int], params: RolloutParams, model: Path, *, r
                          inputs={**inputs, "tokenizer": root_relative(model, root)}, root=root,
                          force=force, cached_only=cached_only, demonstrator=oracle_policy,
                          extra_tables=lambda rows: {"weights": demo_weights(rows)})
+
+
+def relabel_stage(engine_factory, shop, goals: list[int], params: RolloutParams, checkpoint: Path, *, run: str,
+                  inputs: dict[str, str], root=None, force: bool = False, cached_only: bool = False) -> Path:
+    """`checkpoint` plays `goals` greedily (the states its evaluation visits); the folder's turns are its
+    corrected turns (the oracle's reply, the policy's action), weight 1 per episode. Returns the folder."""
+    return rollout_stage(engine_factory, shop, episode_requests(goals, 1), replace(params, temperature=0.0),
+                         run=run, stage="relabel", iteration=None, checkpoint=str(checkpoint), inputs=inputs,
+                         root=root, force=force, cached_only=cached_only, labeller=goal_item_corrections,
+                         extra_tables=lambda rows: {"weights": unit_weights(rows)})
 
 
 def sft_stage(model: Path, demos: Path, params: TrainParams, *, run: str, root=None, force: bool = False,

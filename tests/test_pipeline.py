@@ -357,6 +357,33 @@ def test_apo_eval_scores_any_checkpoint_on_a_goal_range(first, config, capsys):
         assert len(err.splitlines()) == 1 and all(w in err for w in words), err
 
 
+def test_apo_relabel_plays_training_goals_away_from_demonstrations_and_batches(first, config, capsys):
+    """`apo relabel` plays the goals just before the demonstrations' (none of an iteration's batch); a policy
+    the oracle has nothing to correct on them is one line, after the relabel stage is written and nothing else."""
+    from apo.cli import main
+    from stages.pipeline import demo_goals, goal_batch, relabel_goals, training_goals
+
+    with_demos = replace(config, sft_demos=5)
+    played = relabel_goals(with_demos, 3)
+    train = training_goals(with_demos)
+    assert played == train[-8:-5] and not set(played) & set(demo_goals(with_demos))
+    assert not set(played) & {g for i in range(1, 4) for g in goal_batch(with_demos, i)}
+    with pytest.raises(ValueError, match=f"--num-goals {len(train)}: only {len(train) - 5} training goals"):
+        relabel_goals(with_demos, len(train))
+
+    # the tiny random model never reaches a goal's item page: nothing to correct, said in one line
+    assert main(["relabel", *_cli_flags(config), "--iteration", "1", "--num-goals", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the episodes' progress bar
+    assert err.startswith("apo relabel: error: ") and err.endswith("nothing to train on") and \
+        first["checkpoint"] in err, err
+    [relabelled] = (Path(config.output_dir) / "runs" / config.run / "relabel").iterdir()
+    manifest = json.loads((relabelled / "manifest.json").read_text())
+    assert manifest["summary"]["episodes"] == 2 and manifest["summary"]["turns"] == 0
+    assert sorted(e["goal_idx"] for e in read_table(relabelled / "episodes.parquet").to_pylist()) == \
+        sorted(relabel_goals(config, 2))
+    assert not (Path(config.output_dir) / "runs" / config.run / "sft").exists()
+
+
 def test_a_copied_root_and_another_spelling_of_it_read_as_the_original(first, config, tmp_path, monkeypatch):
     """Records store paths relative to the root and stage keys do not depend on how the root is spelled: a copy
     of the root reads its own files (it read the original's), continues from its own checkpoint (a moved root
