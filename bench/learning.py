@@ -15,6 +15,10 @@ policy, so every comparison is also paired goal by goal:
                         weighted-SFT objective (`--adv-norm goal --skip-degenerate` by default)
     sft+apo             the same iterations with the paper's least-squares objective, on the same warm start and
                         reference samples (`--reference-run` of the weighted-SFT run)
+    sft+relabel         one DAgger round from the warm start (`apo relabel`): it plays `--relabel-goals` training
+                        goals greedily, its turns on the goal's item page that the oracle would play otherwise are
+                        relabelled with the oracle's action, and it is fine-tuned on them with the warm start's
+                        SFT settings; then `apo eval` on the same test goals (shown as iteration 1)
     base                optional: the embedded base model, then `--base-steps` iterations from it
     seeds               each `--seeds` value after the first replays the weighted-SFT iterations from the same
                         warm start with another seed (other training goals and samples): `apo iteration --model
@@ -39,7 +43,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ARMS = ("base", "sft+weighted-sft", "sft+apo")
+ARMS = ("base", "sft+weighted-sft", "sft+apo", "sft+relabel")
 
 
 def iteration_flags(args: argparse.Namespace) -> list[str]:
@@ -53,12 +57,16 @@ def iteration_flags(args: argparse.Namespace) -> list[str]:
             "--skip-degenerate" if args.skip_degenerate else "--no-skip-degenerate"]
 
 
+def sft_flags(args: argparse.Namespace) -> list[str]:
+    """The warm start's settings (`apo relabel` fine-tunes with the same)."""
+    return ["--sft-demos", str(args.sft_demos), "--sft-epochs", str(args.sft_epochs),
+            "--sft-batch-episodes", str(args.sft_batch_episodes), "--sft-learning-rate", str(args.sft_learning_rate)]
+
+
 def arm_commands(args: argparse.Namespace) -> dict[str, list[str]]:
-    """One `apo train` command per arm, all with the first seed."""
+    """One `apo train` command per arm (sft+relabel: `relabel_commands`), all with the first seed."""
     common = ["--seed", str(args.seeds[0])] + iteration_flags(args)
-    sft = ["--sft-demos", str(args.sft_demos), "--sft-epochs", str(args.sft_epochs),
-           "--sft-batch-episodes", str(args.sft_batch_episodes), "--sft-learning-rate", str(args.sft_learning_rate),
-           "--num-steps", str(args.num_steps)]
+    sft = sft_flags(args) + ["--num-steps", str(args.num_steps)]
     apo = [sys.executable, "-m", "apo.cli", "train"]
     return {
         "base": apo + ["--run", f"{args.prefix}-base", "--num-steps", str(args.base_steps)] + common,
@@ -74,6 +82,54 @@ def seed_command(args: argparse.Namespace, seed: int, warm_start: str, iteration
     return [sys.executable, "-m", "apo.cli", "iteration", "--run", f"{args.prefix}-wsft-seed{seed}",
             "--iteration", str(iteration), "--model", warm_start, "--seed", str(seed), "--objective", "weighted-sft",
             "--num-steps", str(args.num_steps)] + iteration_flags(args)
+
+
+def relabel_command(args: argparse.Namespace, warm_start: str) -> list[str]:
+    """One DAgger round from the warm start's checkpoint, in a run of its own."""
+    return [sys.executable, "-m", "apo.cli", "relabel", "--run", f"{args.prefix}-relabel", "--checkpoint",
+            warm_start, "--num-goals", str(args.relabel_goals), "--seed", str(args.seeds[0])] + sft_flags(args) + \
+        iteration_flags(args)
+
+
+def eval_command(args: argparse.Namespace, run: str, checkpoint: str) -> list[str]:
+    """`apo eval` of a checkpoint on the benchmark's test goals (greedy)."""
+    return [sys.executable, "-m", "apo.cli", "eval", "--run", run, "--checkpoint", checkpoint, "--goals",
+            f"0:{args.eval_goals}"] + iteration_flags(args)
+
+
+def run_relabel_arm(result: dict, args: argparse.Namespace, warm_start: str) -> dict:
+    """sft+relabel: `apo relabel` from the warm start, then `apo eval` of its checkpoint; one curve point."""
+    from stages.report import eval_row
+
+    start = time.perf_counter()
+    relabel = relabel_command(args, warm_start)
+    print("$ " + " ".join(relabel), flush=True)
+    done = json.loads(subprocess.run(relabel, check=True, stdout=subprocess.PIPE, text=True).stdout.splitlines()[-1])
+    evaluate = eval_command(args, f"{args.prefix}-relabel", done["checkpoint"])
+    print("$ " + " ".join(evaluate), flush=True)
+    folder = json.loads(subprocess.run(evaluate, check=True, stdout=subprocess.PIPE, text=True).stdout
+                        .splitlines()[-1])["folder"]
+    manifest = {stage: json.loads((Path(f) / "manifest.json").read_text())["summary"]
+                for stage, f in (("relabel", done["relabel"]), ("eval", folder))}
+    result["commands"]["sft+relabel"] = [" ".join(c[1:]) for c in (relabel, evaluate)]
+    result["arms"]["sft+relabel"] = {
+        "run": f"{args.prefix}-relabel", "wall_s": round(time.perf_counter() - start, 1),
+        "curve": [{**eval_row(folder), "iteration": 1, "eval": folder}], "corrections": done["corrections"],
+        "stage_seconds": {"relabel": manifest["relabel"]["seconds"], "sft": train_seconds(done["sft"]),
+                          "eval": manifest["eval"]["seconds"]}}
+    return result["arms"]["sft+relabel"]
+
+
+def train_seconds(folder: str) -> float:
+    """A training stage's time: the sum of its steps' (train_metrics.parquet)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        return round(con.sql("SELECT sum(seconds) FROM read_parquet($p)",
+                             params={"p": str(Path(folder) / "train_metrics.parquet")}).fetchall()[0][0], 1)
+    finally:
+        con.close()
 
 
 def baselines(args: argparse.Namespace) -> dict[str, dict]:
@@ -98,32 +154,23 @@ def baselines(args: argparse.Namespace) -> dict[str, dict]:
 def run_summary(run: str, root: Path, last: int) -> dict:
     """Eval rows and wall time per stage of a finished run up to iteration `last`, from its iteration records
     and stage folders (a run taken further by an earlier invocation keeps its later iterations out of this one)."""
-    import duckdb
-
     from stages.report import eval_row
     from storage.layout import record_as_read
 
     records = sorted((record_as_read(r, root) for p in (root / "runs" / run).glob("iter=*/iteration.json")
                       if (r := json.loads(p.read_text()))["iteration"] <= last), key=lambda r: r["iteration"])
     curve, seconds, counted = [], {}, set()
-    con = duckdb.connect()
-    try:
-        for r in records:
-            if (row := eval_row(r.get("eval"))) is not None:
-                curve.append({**row, "iteration": r["iteration"], "eval": r["eval"]})
-            for stage in ("sft", "reference", "rollout", "train", "eval"):
-                folder = r.get(stage)
-                if not folder or folder in counted:
-                    continue  # every record names the warm start, and a block's iterations share its reference
-                counted.add(folder)
-                if stage in ("sft", "train"):
-                    s = con.sql("SELECT sum(seconds) FROM read_parquet($p)",
-                                params={"p": str(Path(folder) / "train_metrics.parquet")}).fetchall()[0][0]
-                else:
-                    s = json.loads((Path(folder) / "manifest.json").read_text())["summary"]["seconds"]
-                seconds[stage] = round(seconds.get(stage, 0.0) + s, 1)
-    finally:
-        con.close()
+    for r in records:
+        if (row := eval_row(r.get("eval"))) is not None:
+            curve.append({**row, "iteration": r["iteration"], "eval": r["eval"]})
+        for stage in ("sft", "reference", "rollout", "train", "eval"):
+            folder = r.get(stage)
+            if not folder or folder in counted:
+                continue  # every record names the warm start, and a block's iterations share its reference
+            counted.add(folder)
+            s = train_seconds(folder) if stage in ("sft", "train") else \
+                json.loads((Path(folder) / "manifest.json").read_text())["summary"]["seconds"]
+            seconds[stage] = round(seconds.get(stage, 0.0) + s, 1)
     return {"curve": curve, "stage_seconds": seconds, "warm_start": records[0].get("sft") if records else None}
 
 
@@ -220,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sft-batch-episodes", type=int, default=2, help="demonstrations per warm-start step")
     ap.add_argument("--sft-learning-rate", type=float, default=1e-4)
     ap.add_argument("--num-steps", type=int, default=1, help="A*-PO iterations after the warm start")
+    ap.add_argument("--relabel-goals", type=int, default=100, help="training goals of the sft+relabel arm's round")
     ap.add_argument("--base-steps", type=int, default=3,
                     help="A*-PO iterations from the base model, without a warm start (0: evaluate it only)")
     ap.add_argument("--eval-frequency", type=int, default=1)
@@ -245,8 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
     arms = [a for a in args.arms.split(",") if a]
     if unknown := set(arms) - set(ARMS):
         sys.exit(f"bench.learning: unknown arms {sorted(unknown)}; expected a subset of {', '.join(ARMS)}")
-    if len(args.seeds) > 1 and "sft+weighted-sft" not in arms:
-        sys.exit("bench.learning: --seeds after the first replay the sft+weighted-sft arm; add it to --arms")
+    if (len(args.seeds) > 1 or "sft+relabel" in arms) and "sft+weighted-sft" not in arms:
+        sys.exit("bench.learning: --seeds after the first and sft+relabel start from the sft+weighted-sft arm's "
+                 "warm start; add it to --arms")
     started = time.perf_counter()
     commands = arm_commands(args)
     from policy.hardware import describe_machine
@@ -258,11 +307,14 @@ def main(argv: list[str] | None = None) -> dict:
                                                        text=True).stdout.strip()},
               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
               "baselines": baselines(args), "arms": {}, "commands": {}}
-    for arm in arms:
+    for arm in (a for a in arms if a != "sft+relabel"):
         run_arm(result, arm, [commands[arm]], args.output_dir,
                 args.base_steps if arm == "base" else args.num_steps)
-    for seed in args.seeds[1:]:
+    if "sft+weighted-sft" in arms:
         checkpoint = str(Path(result["arms"]["sft+weighted-sft"]["warm_start"]) / "checkpoint")
+    if "sft+relabel" in arms:
+        run_relabel_arm(result, args, checkpoint)
+    for seed in args.seeds[1:]:
         run_arm(result, f"seed {seed}", [seed_command(args, seed, checkpoint, i)
                                           for i in range(1, args.num_steps + 1)], args.output_dir, args.num_steps)
     # The warm start's evaluation: iteration 0 of the sft arms (they share it).

@@ -27,6 +27,14 @@ def test_every_command_of_the_benchmark_is_one_apo_accepts():
         ("iteration", 2, 3, "some/checkpoint", 0)
     apo = build_parser().parse_args(learning.arm_commands(args)["sft+apo"][3:])
     assert apo.reference_run == "learning-wsft" and apo.objective == "apo" and apo.sft_demos == 100
+    # sft+relabel: one DAgger round from the warm start with its SFT settings, then the same evaluation
+    relabel = build_parser().parse_args(learning.relabel_command(args, "warm/checkpoint")[3:])
+    assert (relabel.command, relabel.checkpoint, relabel.num_goals, relabel.sft_demos, relabel.sft_epochs,
+            relabel.sft_batch_episodes, relabel.max_episode_steps, relabel.run) == \
+        ("relabel", "warm/checkpoint", 100, 100, 1, 2, 15, "learning-relabel")
+    evaluate = build_parser().parse_args(learning.eval_command(args, "learning-relabel", "new/checkpoint")[3:])
+    assert (evaluate.command, evaluate.checkpoint, evaluate.goals, evaluate.temperature, evaluate.max_episode_steps,
+            evaluate.data) == ("eval", "new/checkpoint", (0, 200), 0.0, 15, "../shared/webshop")
 
 
 def write_episodes(folder: Path, rewards: dict[int, float]) -> str:
