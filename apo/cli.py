@@ -6,7 +6,7 @@
     apo eval [--checkpoint DIR | --iteration I] [--split test] [--goals 250:500] [--temperature 0] [config flags]
                                                                          one checkpoint's score and success rate
     apo relabel [--checkpoint DIR | --iteration I] [--num-goals 100] [config flags]
-                                                                         one DAgger round: oracle corrections of
+                                                                         one DAgger round: the oracle's labels on
                                                                          the checkpoint's own states, fine-tuned
     apo sql "SELECT ..."                                                 query the run tables (DuckDB)
 """

@@ -16,8 +16,8 @@ policy, so every comparison is also paired goal by goal:
     sft+apo             the same iterations with the paper's least-squares objective, on the same warm start and
                         reference samples (`--reference-run` of the weighted-SFT run)
     sft+relabel         one DAgger round from the warm start (`apo relabel`): it plays `--relabel-goals` training
-                        goals greedily, its turns on the goal's item page that the oracle would play otherwise are
-                        relabelled with the oracle's action, and it is fine-tuned on them with the warm start's
+                        goals greedily, its turns on the goal's item page are relabelled with
+                        the oracle's action, and it is fine-tuned on them with the warm start's
                         SFT settings; then `apo eval` on the same test goals (shown as iteration 1)
     base                optional: the embedded base model, then `--base-steps` iterations from it
     seeds               each `--seeds` value after the first replays the weighted-SFT iterations from the same
@@ -114,7 +114,7 @@ def run_relabel_arm(result: dict, args: argparse.Namespace, warm_start: str) -> 
     result["commands"]["sft+relabel"] = [" ".join(c[1:]) for c in (relabel, evaluate)]
     result["arms"]["sft+relabel"] = {
         "run": f"{args.prefix}-relabel", "wall_s": round(time.perf_counter() - start, 1),
-        "curve": [{**eval_row(folder), "iteration": 1, "eval": folder}], "corrections": done["corrections"],
+        "curve": [{**eval_row(folder), "iteration": 1, "eval": folder}], "labelled_turns": done["labelled_turns"],
         "stage_seconds": {"relabel": manifest["relabel"]["seconds"], "sft": train_seconds(done["sft"]),
                           "eval": manifest["eval"]["seconds"]}}
     return result["arms"]["sft+relabel"]

@@ -453,9 +453,8 @@ def chosen_checkpoint(config: Config, checkpoint: str | None, iteration: int | N
 def relabel_checkpoint(config: Config, count: int, checkpoint: str | None = None,
                        iteration: int | None = None) -> dict:
     """`apo relabel`: one DAgger round. The checkpoint plays `count` training goals greedily, its turns on the goal's
-    item page that the oracle would have played otherwise become training rows (the relabel stage), and the
-    checkpoint is fine-tuned on them with the SFT parameters (an sft stage). Returns both folders and the new
-    checkpoint."""
+    item page become training rows with the oracle's action as the reply (the relabel stage), and the checkpoint
+    is fine-tuned on them with the SFT parameters (an sft stage). Returns both folders and the new checkpoint."""
     path = chosen_checkpoint(config, checkpoint, iteration)
     try:
         folder = relabel_stage(engine_for(config), shop(config), relabel_goals(config, count),
@@ -465,10 +464,10 @@ def relabel_checkpoint(config: Config, count: int, checkpoint: str | None = None
         release_engine()
     summary = read_manifest(folder)["summary"]
     if not summary["turns"]:
-        raise ValueError(f"{path} did nothing on {count} goals that the oracle would correct (it never "
-                         "reached a goal's item page, or did there what the oracle does); nothing to train on")
+        raise ValueError(f"{path} never reached a goal's item page on {count} training goals: no turn for the "
+                         "oracle to label, nothing to train on")
     trained = sft_stage(path, folder, config.sft_params(), run=config.run, root=config.output_dir)
-    return {"relabel": str(folder), "corrections": summary["turns"], "mean_reward": summary["mean_reward"],
+    return {"relabel": str(folder), "labelled_turns": summary["turns"], "mean_reward": summary["mean_reward"],
             "sft": str(trained), "checkpoint": str(Path(trained) / "checkpoint")}
 
 

@@ -78,6 +78,11 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
     With a `demonstrator` (a `webshop.policies` policy) the scripted policy acts instead of the model and its
     actions are recorded as the model's replies (`demonstration`); `engine` then only lends its tokenizer.
     That is how oracle demonstrations become training rows with exactly the prompts a rollout would build.
+    With a `labeller` (DAgger's expert: `webshop.policies.goal_item_oracle`) the policy acts as usual, and the
+    turns kept are those the labeller labels, each with the labeller's action as its reply (`completion_*`) and the
+    policy's own in `action`: training rows on the states the policy visits. The ones where the policy already did
+    right are kept too: trained on the corrections alone, the warm start saw almost no state where buying is right
+    (5 of 148 rows) and stopped buying.
     `stage` names the fault point passed after each turn (storage/faults.py)."""
     env = BatchEnv(shop, params.observation_mode, params.max_episode_steps)
     env.reset([g for g, _ in requests])
@@ -124,8 +129,7 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
                    "action": action}
             if labeller is not None:
                 label = labeller(ep, memories[i])
-                row["correction"] = (None if label is None or label == action
-                                     else demonstration(engine.tokenizer, label, params.max_new_tokens))
+                row["label"] = None if label is None else demonstration(engine.tokenizer, label, params.max_new_tokens)
             live[i].turns.append(row)
         for i, result in env.step(actions).items():
             ep, rec = env.episodes[i], live[i]
@@ -139,14 +143,14 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
     bar.close()
     episodes, turns = _rows(env, live)
     if labeller is not None:
-        turns = [[_corrected(t) for t in ep_turns if t["correction"] is not None] for ep_turns in turns]
+        turns = [[_relabelled(t) for t in ep_turns if t["label"] is not None] for ep_turns in turns]
     return episodes, turns
 
 
-def _corrected(turn: dict) -> dict:
+def _relabelled(turn: dict) -> dict:
     """A relabelled turn: the labeller's reply as the completion (what training imitates), the policy's action
     kept in `action` (what the environment received)."""
-    label = turn.pop("correction")
+    label = turn.pop("label")
     return {**turn, "completion_ids": label.token_ids, "completion_logprobs": label.logprobs,
             "completion_text": label.text}
 

@@ -16,9 +16,9 @@ The warm-started checkpoint is then the run's reference model (A*-PO's pi_ref) a
 A policy trained on the oracle's episodes only ever saw the oracle's states: once it clicks a wrong option, or
 re-clicks one it already chose, it is somewhere no demonstration went (the 100-demonstration warm start spent 26
 of 27 step-capped test episodes re-clicking one option). `relabel_stage` lets the policy play training goals
-greedily and keeps each turn on the goal's own item page where the oracle would have acted otherwise, with the
-oracle's action as the reply (`webshop.policies.goal_item_corrections`); `sft_stage` on that folder fine-tunes
-the policy on its own mistakes.
+greedily and keeps each of its turns on the goal's own item page with the oracle's action as the reply
+(`webshop.policies.goal_item_oracle`); `sft_stage` on that folder fine-tunes the policy on the states it
+visits, its mistakes among them.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import pyarrow as pa
 from stages.rollout import RolloutParams, episode_requests, rollout_stage
 from stages.train import TrainParams, train_stage
 from storage.layout import root_relative
-from webshop.policies import goal_item_corrections, oracle_policy
+from webshop.policies import goal_item_oracle, oracle_policy
 
 DEMO_WEIGHTS_SCHEMA = pa.schema([("episode_id", pa.string()), ("goal_idx", pa.int32()), ("reward", pa.float64()),
                                  ("weight", pa.float64()), ("advantage", pa.float64())])
@@ -66,11 +66,12 @@ def demos_stage(shop, goals: list[int], params: RolloutParams, model: Path, *, r
 
 def relabel_stage(engine_factory, shop, goals: list[int], params: RolloutParams, checkpoint: Path, *, run: str,
                   inputs: dict[str, str], root=None, force: bool = False, cached_only: bool = False) -> Path:
-    """`checkpoint` plays `goals` greedily (the states its evaluation visits); the folder's turns are its
-    corrected turns (the oracle's reply, the policy's action), weight 1 per episode. Returns the folder."""
+    """`checkpoint` plays `goals` greedily (the states its evaluation visits); the folder's turns are its turns
+    on the goals' item pages relabelled (the oracle's reply, the policy's action), weight 1 per episode. Returns
+    the folder."""
     return rollout_stage(engine_factory, shop, episode_requests(goals, 1), replace(params, temperature=0.0),
                          run=run, stage="relabel", iteration=None, checkpoint=str(checkpoint), inputs=inputs,
-                         root=root, force=force, cached_only=cached_only, labeller=goal_item_corrections,
+                         root=root, force=force, cached_only=cached_only, labeller=goal_item_oracle,
                          extra_tables=lambda rows: {"weights": unit_weights(rows)})
 
 

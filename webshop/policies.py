@@ -64,7 +64,7 @@ def oracle_policy(episode: Episode, memory: dict) -> str:
     return f"search[{goal.instruction_without_price.lower()}]"
 
 
-def goal_item_corrections(episode: Episode, memory: dict) -> str | None:
+def goal_item_oracle(episode: Episode, memory: dict) -> str | None:
     """DAgger's expert for a learned policy: the oracle's action on the goal's own item page (click the options the
     instruction names, then buy), None elsewhere. There the right action follows from what the prompt shows; on the
     way to that page the oracle acts on the goal's ASIN (its clicks, its next pages, its search by the product's
