@@ -64,7 +64,7 @@ def sft_flags(args: argparse.Namespace) -> list[str]:
 
 
 def arm_commands(args: argparse.Namespace) -> dict[str, list[str]]:
-    """One `apo train` command per arm (sft+relabel: `relabel_commands`), all with the first seed."""
+    """One `apo train` command per arm (sft+relabel: `relabel_command`), all with the first seed."""
     common = ["--seed", str(args.seeds[0])] + iteration_flags(args)
     sft = sft_flags(args) + ["--num-steps", str(args.num_steps)]
     apo = [sys.executable, "-m", "apo.cli", "train"]
