@@ -60,7 +60,8 @@ def iteration_flags(args: argparse.Namespace) -> list[str]:
 def sft_flags(args: argparse.Namespace) -> list[str]:
     """The warm start's settings (`apo relabel` fine-tunes with the same)."""
     return ["--sft-demos", str(args.sft_demos), "--sft-epochs", str(args.sft_epochs),
-            "--sft-batch-episodes", str(args.sft_batch_episodes), "--sft-learning-rate", str(args.sft_learning_rate)]
+            "--sft-batch-episodes", str(args.sft_batch_episodes), "--sft-learning-rate", str(args.sft_learning_rate),
+            "--sft-demo-noise", str(args.sft_demo_noise)]
 
 
 def arm_commands(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -100,6 +101,7 @@ def eval_command(args: argparse.Namespace, run: str, checkpoint: str) -> list[st
 def run_relabel_arm(result: dict, args: argparse.Namespace, warm_start: str) -> dict:
     """sft+relabel: `apo relabel` from the warm start, then `apo eval` of its checkpoint; one curve point."""
     from stages.report import eval_row
+    from storage.stages import read_manifest
 
     start = time.perf_counter()
     relabel = relabel_command(args, warm_start)
@@ -109,7 +111,7 @@ def run_relabel_arm(result: dict, args: argparse.Namespace, warm_start: str) -> 
     print("$ " + " ".join(evaluate), flush=True)
     folder = json.loads(subprocess.run(evaluate, check=True, stdout=subprocess.PIPE, text=True).stdout
                         .splitlines()[-1])["folder"]
-    manifest = {stage: json.loads((Path(f) / "manifest.json").read_text())["summary"]
+    manifest = {stage: read_manifest(Path(f))["summary"]
                 for stage, f in (("relabel", done["relabel"]), ("eval", folder))}
     result["commands"]["sft+relabel"] = [" ".join(c[1:]) for c in (relabel, evaluate)]
     result["arms"]["sft+relabel"] = {
@@ -156,6 +158,7 @@ def run_summary(run: str, root: Path, last: int) -> dict:
     and stage folders (a run taken further by an earlier invocation keeps its later iterations out of this one)."""
     from stages.report import eval_row
     from storage.layout import record_as_read
+    from storage.stages import read_manifest
 
     records = sorted((record_as_read(r, root) for p in (root / "runs" / run).glob("iter=*/iteration.json")
                       if (r := json.loads(p.read_text()))["iteration"] <= last), key=lambda r: r["iteration"])
@@ -169,7 +172,7 @@ def run_summary(run: str, root: Path, last: int) -> dict:
                 continue  # every record names the warm start, and a block's iterations share its reference
             counted.add(folder)
             s = train_seconds(folder) if stage in ("sft", "train") else \
-                json.loads((Path(folder) / "manifest.json").read_text())["summary"]["seconds"]
+                read_manifest(Path(folder))["summary"]["seconds"]
             seconds[stage] = round(seconds.get(stage, 0.0) + s, 1)
     return {"curve": curve, "stage_seconds": seconds, "warm_start": records[0].get("sft") if records else None}
 
@@ -266,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sft-epochs", type=int, default=1)
     ap.add_argument("--sft-batch-episodes", type=int, default=2, help="demonstrations per warm-start step")
     ap.add_argument("--sft-learning-rate", type=float, default=1e-4)
+    ap.add_argument("--sft-demo-noise", type=float, default=0.0,
+                    help="DART: share of the demonstrations' item-page turns played as a mistake (not imitated)")
     ap.add_argument("--num-steps", type=int, default=1, help="A*-PO iterations after the warm start")
     ap.add_argument("--relabel-goals", type=int, default=100, help="training goals of the sft+relabel arm's round")
     ap.add_argument("--base-steps", type=int, default=3,
@@ -310,12 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
     for arm in (a for a in arms if a != "sft+relabel"):
         run_arm(result, arm, [commands[arm]], args.output_dir,
                 args.base_steps if arm == "base" else args.num_steps)
-    if "sft+weighted-sft" in arms:
-        checkpoint = str(Path(result["arms"]["sft+weighted-sft"]["warm_start"]) / "checkpoint")
+    # the weighted-SFT arm's warm start, which sft+relabel and the other seeds start from (checked above)
+    warm_start = str(Path(result["arms"]["sft+weighted-sft"]["warm_start"]) / "checkpoint") \
+        if "sft+weighted-sft" in arms else None
     if "sft+relabel" in arms:
-        run_relabel_arm(result, args, checkpoint)
+        run_relabel_arm(result, args, warm_start)
     for seed in args.seeds[1:]:
-        run_arm(result, f"seed {seed}", [seed_command(args, seed, checkpoint, i)
+        run_arm(result, f"seed {seed}", [seed_command(args, seed, warm_start, i)
                                           for i in range(1, args.num_steps + 1)], args.output_dir, args.num_steps)
     # The warm start's evaluation: iteration 0 of the sft arms (they share it).
     warm = next((s["curve"][0] for arm, s in result["arms"].items()

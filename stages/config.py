@@ -71,6 +71,10 @@ class Config(TrainParams, WeightsParams, RolloutParams):
     """AdamW learning rate of the warm start."""
     sft_batch_episodes: int = 4
     """Demonstration episodes per optimizer step of the warm start."""
+    sft_demo_noise: float = 0.0
+    """DART: probability that a demonstration turn on the goal's item page is a mistake (another option click),
+    played but not imitated; the oracle's recovery from it is (`webshop.policies.NoisyOracle`). 0: the plain
+    oracle."""
     reference_run: str | None = None
     """Share the warm start, reference samples and iteration-0 evaluation of this run (same model and goals)."""
     eval_frequency: int = 20
@@ -112,6 +116,8 @@ class Config(TrainParams, WeightsParams, RolloutParams):
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.sft_demos < 0:
             raise ValueError(f"--sft-demos must be >= 0, got {self.sft_demos}")
+        if not 0.0 <= self.sft_demo_noise < 1.0:
+            raise ValueError(f"--sft-demo-noise must be in [0, 1), got {self.sft_demo_noise}")
         if not self.sft_learning_rate > 0:
             raise ValueError(f"--sft-learning-rate must be > 0, got {self.sft_learning_rate}")
         if self.temperature < 0:

@@ -56,6 +56,7 @@ from storage.faults import fault_point
 from storage.layout import from_root, record_as_read, record_to_store, root_relative, storage_root, writable_root
 from storage.locks import writer_lock
 from storage.stages import MANIFEST, read_manifest
+from webshop.policies import NoisyOracle
 
 log = logging.getLogger(__name__)
 STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")  # from_stage forces a stage and those after
@@ -312,7 +313,8 @@ def run_sft(config: Config, from_stage: str | None = None) -> str | None:
     base, run, root = base_model(config), shared_run(config), config.output_dir
     demos = _stage("sft", from_stage, lambda force, cached_only: demos_stage(
         shop(config), demo_goals(config), config.rollout_params(), base, run=run, inputs=_inputs(config),
-        root=root, force=force, cached_only=cached_only))
+        root=root, force=force, cached_only=cached_only,
+        noise=NoisyOracle(config.sft_demo_noise, config.seed) if config.sft_demo_noise else None))
     release_engine()
     return str(_stage("sft", from_stage, lambda force, cached_only: sft_stage(
         base, demos, config.sft_params(), run=run, root=root, force=force, cached_only=cached_only)))

@@ -18,7 +18,9 @@ re-clicks one it already chose, it is somewhere no demonstration went (the 100-d
 of 27 step-capped test episodes re-clicking one option). `relabel_stage` lets the policy play training goals
 greedily and keeps each of its turns on the goal's own item page with the oracle's action as the reply
 (`webshop.policies.goal_item_oracle`); `sft_stage` on that folder fine-tunes the policy on the states it
-visits, its mistakes among them.
+visits, its mistakes among them. DART gets such states into the warm start itself, at no model's cost:
+`demos_stage(noise=NoisyOracle(rate))` lets the oracle make option mistakes on the goal's item page and keeps
+only its own turns, the recoveries among them.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import pyarrow as pa
 from stages.rollout import RolloutParams, episode_requests, rollout_stage
 from stages.train import TrainParams, train_stage
 from storage.layout import root_relative
-from webshop.policies import goal_item_oracle, oracle_policy
+from webshop.policies import NoisyOracle, goal_item_oracle, oracle_policy
 
 DEMO_WEIGHTS_SCHEMA = pa.schema([("episode_id", pa.string()), ("goal_idx", pa.int32()), ("reward", pa.float64()),
                                  ("weight", pa.float64()), ("advantage", pa.float64())])
@@ -50,17 +52,21 @@ def demo_weights(episode_rows: list[dict]) -> pa.Table:
 
 
 def demos_stage(shop, goals: list[int], params: RolloutParams, model: Path, *, run: str, inputs: dict[str, str],
-                root=None, force: bool = False, cached_only: bool = False) -> Path:
+                root=None, force: bool = False, cached_only: bool = False, noise: NoisyOracle | None = None) -> Path:
     """Oracle episodes on `goals` recorded as training rows (episodes, turns, weights) with the prompts of
-    `model`'s tokenizer; returns the folder."""
+    `model`'s tokenizer; returns the folder. With `noise` (DART) the noisy oracle plays and its mistakes are not
+    rows: the turns are the oracle's labelled ones, its recoveries among them."""
     def engine(_):
         from transformers import AutoTokenizer
         return SimpleNamespace(name="oracle", tokenizer=AutoTokenizer.from_pretrained(model))
 
+    noisy = {} if noise is None else {"noise": f"rate={noise.rate},seed={noise.seed}"}
     return rollout_stage(engine, shop, episode_requests(goals, 1), replace(params, temperature=0.0),
                          run=run, stage="demos", iteration=None, checkpoint="oracle",
-                         inputs={**inputs, "tokenizer": root_relative(model, root)}, root=root,
-                         force=force, cached_only=cached_only, demonstrator=oracle_policy,
+                         inputs={**inputs, "tokenizer": root_relative(model, root), **noisy}, root=root,
+                         force=force, cached_only=cached_only,
+                         demonstrator=oracle_policy if noise is None else noise.act,
+                         labeller=None if noise is None else noise.label,
                          extra_tables=lambda rows: {"weights": demo_weights(rows)})
 
 

@@ -15,7 +15,7 @@ from webshop.metrics import Z95, wilson
 
 
 def test_every_command_of_the_benchmark_is_one_apo_accepts():
-    args = learning.build_parser().parse_args(["--seeds", "0,3"])
+    args = learning.build_parser().parse_args(["--seeds", "0,3", "--sft-demo-noise", "0.3"])
     commands = list(learning.arm_commands(args).values()) + [learning.seed_command(args, 3, "some/checkpoint", 2)]
     for command in commands:
         assert command[1:3] == ["-m", "apo.cli"]
@@ -27,6 +27,8 @@ def test_every_command_of_the_benchmark_is_one_apo_accepts():
         ("iteration", 2, 3, "some/checkpoint", 0)
     apo = build_parser().parse_args(learning.arm_commands(args)["sft+apo"][3:])
     assert apo.reference_run == "learning-wsft" and apo.objective == "apo" and apo.sft_demos == 100
+    assert apo.sft_demo_noise == build_parser().parse_args(learning.arm_commands(args)["sft+weighted-sft"][3:]) \
+        .sft_demo_noise == 0.3
     # sft+relabel: one DAgger round from the warm start with its SFT settings, then the same evaluation
     relabel = build_parser().parse_args(learning.relabel_command(args, "warm/checkpoint")[3:])
     assert (relabel.command, relabel.checkpoint, relabel.num_goals, relabel.sft_demos, relabel.sft_epochs,

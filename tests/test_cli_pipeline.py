@@ -34,6 +34,7 @@ def _one_line_error(capsys, argv: list[str], *words: str) -> None:
     (["--sft-epochs", "0"], ["--sft-epochs", ">= 1"]),
     (["--sft-learning-rate", "0"], ["--sft-learning-rate", "> 0"]),
     (["--sft-batch-episodes", "0"], ["--sft-batch-episodes", ">= 1"]),
+    (["--sft-demo-noise", "1"], ["--sft-demo-noise", "[0, 1)", "got 1.0"]),
     (["--observation-mode", "html"], ["--observation-mode", "'html'", "text_rich"]),
     (["--history-turns", "-1"], ["--history-turns", ">= 0"]),
     # accepted without a word before (issue 13): NaN and inf pass every comparison, run names left the root

@@ -2,6 +2,7 @@
 keep only successful ones, and the training stage that learns their actions; DAgger's relabelled turns."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ from stages.train import TRAINING_STATE, TrainParams, action_logprobs, episode_b
     load_train_data
 from storage.parquet import read_table
 from webshop.env import Episode
-from webshop.policies import goal_item_oracle, oracle_policy, rule_policy
+from webshop.policies import NoisyOracle, goal_item_oracle, oracle_policy, rule_policy
 
 PARAMS = RolloutParams(max_episode_steps=8, history_turns=1, max_prompt_tokens=1536)
 
@@ -146,6 +147,50 @@ def test_episode_batches_cover_every_row_once_in_whole_episodes():
         assert batches == episode_batches(episode_ids, TrainParams(batch_episodes=2), epoch)  # deterministic
     orders = {tuple(map(tuple, episode_batches(episode_ids, TrainParams(batch_episodes=1), e))) for e in range(6)}
     assert len(orders) > 1  # reshuffled each epoch
+
+
+def test_noisy_demonstrations_keep_the_oracles_recoveries_and_drop_its_mistakes(generated_shop, embedded_model,
+                                                                                hf_engine, tmp_path):
+    """DART: on the goal's item page some turns are another option click than the oracle's; those are played but
+    not kept, and the turns after them are kept with the oracle's action from the state the mistake left (a wrong
+    or re-clicked option in the previous actions). Every kept turn is the plain oracle's action on its state, no
+    prompt carries two labels, and the oracle still buys the goal's product."""
+    tok = hf_engine.tokenizer
+    goals = list(generated_shop.goals.split("train"))[:30]
+    noise, params = NoisyOracle(rate=0.5, seed=3), RolloutParams(max_episode_steps=15, history_turns=1)
+    folder = demos_stage(generated_shop, goals, params, embedded_model, run="n", inputs={"catalogue": "gen"},
+                         root=tmp_path, noise=noise)
+    episodes = read_table(folder / "episodes.parquet").to_pylist()
+    kept = {(t["episode_id"], t["turn"]): t for t in read_table(folder / "turns.parquet").to_pylist()}
+    expected, mistakes, recoveries = {}, 0, 0
+    for e in episodes:  # replay: the played actions, and the plain oracle's action on each state
+        ep, memory, history, after_mistake = Episode(generated_shop, e["goal_idx"], max_steps=15), {}, [], False
+        for turn in range(e["n_steps"]):
+            oracle_action = oracle_policy(ep, copy.deepcopy(memory))
+            played = noise.act(ep, memory)
+            if noise.label(ep, memory) is None:
+                assert ep.state.kind == "item" and ep.state.asin == ep.goal.asin
+                assert played != oracle_action and played.startswith("click[") and played != "click[buy now]"
+                mistakes, after_mistake = mistakes + 1, True
+            else:
+                assert played == oracle_action
+                expected[(e["episode_id"], turn)] = (encode_prompt(tok, Turn.of(ep), history, params.prompt()),
+                                                     played)
+                recoveries, after_mistake = recoveries + after_mistake, False
+            history.append((ep.observation(), played))
+            ep.step(played)
+    assert mistakes >= 5 and recoveries >= 5, (mistakes, recoveries)
+    assert kept.keys() == expected.keys()
+    for key, (prompt, action) in expected.items():
+        assert kept[key]["prompt_ids"] == prompt and kept[key]["completion_text"] == kept[key]["action"] == action
+    labels = {}
+    for t in kept.values():
+        labels.setdefault(tuple(t["prompt_ids"]), set()).add(t["completion_text"])
+    assert all(len(v) == 1 for v in labels.values())
+    assert sum(e["success"] for e in episodes) >= len(goals) * 0.8
+    plain = demos_stage(generated_shop, goals, params, embedded_model, run="n", inputs={"catalogue": "gen"},
+                        root=tmp_path)
+    assert plain != folder and len(read_table(plain / "turns.parquet")) < len(kept)
 
 
 def test_relabelled_turns_are_the_oracles_labels_of_the_policys_own_states(generated_shop, embedded_model,
