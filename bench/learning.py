@@ -54,6 +54,7 @@ def iteration_flags(args: argparse.Namespace) -> list[str]:
             "--v-star-samples", str(args.v_star_samples), "--rollout-samples", str(args.rollout_samples),
             "--batch-episodes", str(args.batch_episodes), "--learning-rate", str(args.learning_rate),
             "--eval-frequency", str(args.eval_frequency), "--adv-norm", args.adv_norm,
+            "--train-layers", str(args.train_layers),
             "--skip-degenerate" if args.skip_degenerate else "--no-skip-degenerate"]
 
 
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rollout-samples", type=int, default=4)
     ap.add_argument("--batch-episodes", type=int, default=4, help="episodes per AdamW step of an iteration")
     ap.add_argument("--learning-rate", type=float, default=1e-5)
+    ap.add_argument("--train-layers", type=int, default=0,
+                    help="warm start and iterations train only the top N decoder layers (0: all)")
     ap.add_argument("--max-episode-steps", type=int, default=15, help="upstream's and the peers' cap")
     ap.add_argument("--history-turns", type=int, default=0)
     ap.add_argument("--adv-norm", choices=("batch", "goal"), default="goal")

@@ -60,8 +60,10 @@ from webshop.policies import NoisyOracle
 
 log = logging.getLogger(__name__)
 STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")  # from_stage forces a stage and those after
-# Fields a run is defined by: changing one of them mid-run would mix incomparable iterations.
-RUN_IDENTITY = ("model", "data", "num_products", "goal_kind", "seed", "batch_size")
+# Fields a run is defined by: changing one of them mid-run would mix incomparable iterations. The warm start's are
+# among them: a run that shares another's reference (--reference-run) must share its warm start too.
+RUN_IDENTITY = ("model", "data", "num_products", "goal_kind", "seed", "batch_size",
+                "sft_demos", "sft_epochs", "sft_learning_rate", "sft_batch_episodes", "sft_demo_noise")
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -87,7 +89,7 @@ def check_reference_run(config: Config) -> None:
     if not other.is_file():
         raise ValueError(f"reference run {config.reference_run!r} has not started: run it first")
     stored, identity = json.loads(other.read_text()), run_identity(config)
-    diff = [k for k, v in identity.items() if stored.get(k) != v]
+    diff = [k for k, v in identity.items() if k in stored and stored[k] != v]  # a field it predates: not checked
     if diff:
         raise ValueError(f"reference run {config.reference_run!r} differs in " +
                          ", ".join(f"{k} ({stored.get(k)!r} vs {identity[k]!r})" for k in diff) +
@@ -96,12 +98,14 @@ def check_reference_run(config: Config) -> None:
 
 def check_inputs(config: Config) -> None:
     """What the run reads, checked before anything starts or is written (one clear line each): the reference run,
-    the catalogue (loaded and cached here, once) and the model (the embedded one is converted here, once), after
-    the storage root they are cached in (it must be writable)."""
+    the catalogue (loaded and cached here, once) and the model (the embedded one is converted here, once; it must
+    have the layers --train-layers names), after the storage root they are cached in (it must be writable)."""
     writable_root(config.output_dir)
     check_reference_run(config)
     shop(config)
-    base_model(config)
+    layers = json.loads((base_model(config) / "config.json").read_text()).get("num_hidden_layers")
+    if layers is not None and config.train_layers > layers:
+        raise ValueError(f"--train-layers {config.train_layers}: model {config.model!r} has {layers} decoder layers")
 
 
 def check_run_config(config: Config) -> None:
@@ -113,7 +117,8 @@ def check_run_config(config: Config) -> None:
     identity = run_identity(config)
     if path.is_file():
         stored = json.loads(path.read_text())
-        diff = {k: (stored.get(k), v) for k, v in identity.items() if stored.get(k) != v}
+        # A field the run's config.json predates (an older version's run) is not checked: nothing says its value.
+        diff = {k: (stored[k], v) for k, v in identity.items() if k in stored and stored[k] != v}
         if diff:
             raise ValueError(f"run {config.run!r} was started with " +
                              ", ".join(f"{k}={a!r}" for k, (a, _) in diff.items()) + "; got " +

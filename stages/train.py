@@ -83,6 +83,10 @@ class TrainParams:
     """AdamW weight decay."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: far less memory for some speed (bench/train measures)."""
+    train_layers: int = 0
+    """Train only the top N decoder layers (and the final norm); the embeddings, the output head tied to them and
+    the layers below stay frozen, so no activation below is kept and the backward pass stops at the lowest trained
+    layer (bench/train measures the speed). 0 trains every parameter."""
     dtype: str = "auto"
     """Compute dtype of training forwards over fp32 master weights: auto (bfloat16 where the hardware computes
     it natively, else float32; float16 on pre-Ampere GPUs), float32, bfloat16 or float16. float32 shows
@@ -100,7 +104,7 @@ class TrainParams:
         for name in ("learning_rate", "micro_batch_size", "logits_chunk", "epochs", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in ("kl_coef", "beta2", "weight_decay", "batch_episodes"):
+        for name in ("kl_coef", "beta2", "weight_decay", "batch_episodes", "train_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.dtype not in DTYPES:
@@ -305,7 +309,10 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams, root=Non
         raise ValueError(f"checkpoint {checkpoint} ({policy.config.model_type}, vocab {policy.config.vocab_size}) "
                          f"does not match reference {reference} ({ref_model.config.model_type}, "
                          f"vocab {ref_model.config.vocab_size})")
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    if params.train_layers:
+        freeze_below(policy, params.train_layers)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=params.learning_rate,
+                                  weight_decay=params.weight_decay)
     step = 0
     state_path = Path(checkpoint) / TRAINING_STATE
     state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
@@ -314,15 +321,31 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams, root=Non
         if state["reference"] != root_relative(reference, root):
             raise ValueError(f"checkpoint {checkpoint} was trained against reference {state['reference']}, "
                              f"not {reference}: start a new run")
-        if state["objective"] != params.objective:
-            raise ValueError(f"checkpoint {checkpoint} was trained with objective {state['objective']}, "
-                             f"not {params.objective}: start a new run")
+        for name in ("objective", "train_layers"):  # the optimizer state holds the trained parameters' moments
+            trained = state["params"].get(name, getattr(TrainParams, name))  # older states: the default
+            if trained != getattr(params, name):
+                raise ValueError(f"checkpoint {checkpoint} was trained with {name.replace('_', '-')} {trained}, "
+                                 f"not {getattr(params, name)}: start a new run")
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # a replay with another learning rate uses the new one
             group["lr"] = params.learning_rate
         step = state["step"]
         torch.set_rng_state(state["rng"])
     return policy, ref_model, optimizer, step
+
+
+def freeze_below(policy, train_layers: int) -> None:
+    """Gradients only for the top `train_layers` decoder layers, the final norm and an output head of its own (a
+    head tied to the input embeddings, as SmolLM2's, stays frozen with them)."""
+    body = policy.base_model
+    if train_layers > len(body.layers):
+        raise ValueError(f"--train-layers {train_layers}: the model has {len(body.layers)} decoder layers")
+    policy.requires_grad_(False)
+    for module in (*body.layers[-train_layers:], body.norm):
+        module.requires_grad_(True)
+    head = policy.get_output_embeddings()
+    if head.weight is not policy.get_input_embeddings().weight:
+        head.requires_grad_(True)
 
 
 def save_checkpoint(policy, optimizer, step: int, source: Path, reference: str, params: TrainParams,

@@ -15,13 +15,14 @@ from webshop.metrics import Z95, wilson
 
 
 def test_every_command_of_the_benchmark_is_one_apo_accepts():
-    args = learning.build_parser().parse_args(["--seeds", "0,3", "--sft-demo-noise", "0.3"])
+    args = learning.build_parser().parse_args(["--seeds", "0,3", "--sft-demo-noise", "0.3", "--train-layers", "10"])
     commands = list(learning.arm_commands(args).values()) + [learning.seed_command(args, 3, "some/checkpoint", 2)]
     for command in commands:
         assert command[1:3] == ["-m", "apo.cli"]
         parsed = build_parser().parse_args(command[3:])
         assert parsed.max_episode_steps == 15 and parsed.eval_goals == 200
         assert parsed.adv_norm == "goal" and parsed.skip_degenerate and parsed.batch_episodes == 4
+        assert parsed.train_layers == 10
     seed = build_parser().parse_args(commands[-1][3:])
     assert (seed.command, seed.iteration, seed.seed, seed.model, seed.sft_demos) == \
         ("iteration", 2, 3, "some/checkpoint", 0)

@@ -35,6 +35,7 @@ def _one_line_error(capsys, argv: list[str], *words: str) -> None:
     (["--sft-learning-rate", "0"], ["--sft-learning-rate", "> 0"]),
     (["--sft-batch-episodes", "0"], ["--sft-batch-episodes", ">= 1"]),
     (["--sft-demo-noise", "1"], ["--sft-demo-noise", "[0, 1)", "got 1.0"]),
+    (["--train-layers", "-1"], ["train-layers", ">= 0"]),
     (["--observation-mode", "html"], ["--observation-mode", "'html'", "text_rich"]),
     (["--history-turns", "-1"], ["--history-turns", ">= 0"]),
     # accepted without a word before (issue 13): NaN and inf pass every comparison, run names left the root
@@ -85,6 +86,16 @@ def test_model_and_data_errors_come_before_prefect_and_write_nothing(tmp_path, f
                           "--engine", "hf", *flags], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [expected]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "prefect").exists()
+
+
+def test_train_layers_beyond_the_models_layers_is_one_line_before_prefect(tmp_path, tiny_model):
+    out = subprocess.run([sys.executable, "-m", "apo.cli", "train", "--output-dir", str(tmp_path), "--run", "r",
+                          "--engine", "hf", "--model", str(tiny_model), "--train-layers", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"apo train: error: --train-layers 3: model '{tiny_model}' has 2 decoder layers"]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "prefect").exists()
 
 

@@ -183,6 +183,11 @@ def test_second_objective_shares_warm_start_and_reference(warm):
     assert json.loads((Path(record["train"]) / "manifest.json").read_text())["params"]["objective"] == "apo"
     with pytest.raises(ValueError, match="reference run 'nope' has not started"):
         apo_train(replace(other, run="warm-x", reference_run="nope"))
+    # another warm start cannot share this one's reference: refused before a second warm start is built in it
+    warm_starts = sorted((Path(records[0]["sft"]).parent).iterdir())
+    with pytest.raises(ValueError, match=r"reference run 'warm' differs in sft_demo_noise \(0.0 vs 0.3\)"):
+        apo_train(replace(other, run="warm-noisy", sft_demo_noise=0.3))
+    assert sorted((Path(records[0]["sft"]).parent).iterdir()) == warm_starts
 
 
 def test_iterations_publish_artifacts(warm):

@@ -467,6 +467,40 @@ def test_train_stage_checkpoint_and_resume(stage_inputs, tiny_model, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_train_layers_gives_the_top_layers_the_full_models_gradient(stage_inputs, tiny_model, tok, tmp_path):
+    """--train-layers 1 of the tiny model's 2: one step gives the top layer (and the final norm) exactly the
+    gradient the whole model's step gives it, and nothing else a gradient; the stage's checkpoint moved only those,
+    its optimizer holds only their moments, and resuming it with another --train-layers is refused."""
+    from safetensors.torch import load_file
+
+    data = make_data(tmp_path, tok, THREE_EPISODES, {"ep-a": (2.0, 0.5), "ep-b": (0.5, -0.3), "ep-c": (1.0, 0.1)})
+    grads = {}
+    for layers in (0, 1):
+        params = TrainParams(train_layers=layers, dtype="float32", kl_coef=0.05, grad_clip=1e9)  # unclipped
+        policy, ref, optimizer, _ = load_policy(tiny_model, tiny_model, params)
+        train_step(policy, ref, data, params, optimizer, policy.config.pad_token_id)
+        grads[layers] = {n: p.grad for n, p in policy.named_parameters()}
+    top = {n for n in grads[1] if n.startswith("model.layers.1.") or n == "model.norm.weight"}
+    assert top and {n for n, g in grads[1].items() if g is not None} == top  # embeddings (tied head) frozen too
+    for n in top:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-7)
+
+    root, wdir, rdir = stage_inputs["root"], stage_inputs["weights"], stage_inputs["rollout"]
+    params = TrainParams(learning_rate=1e-3, train_layers=1)
+    folder = train_stage(tiny_model, tiny_model, wdir, rdir, params, run=RUN, iteration=5, root=root)
+    trained, original = load_file(folder / "checkpoint" / "model.safetensors"), \
+        load_file(Path(tiny_model) / "model.safetensors")
+    moved = {k for k in trained if not torch.equal(trained[k], original[k].float())}
+    assert moved and moved <= top
+    state = torch.load(folder / "checkpoint" / TRAINING_STATE, weights_only=False)
+    assert len(state["optimizer"]["state"]) == len(top) and state["params"]["train_layers"] == 1
+    with pytest.raises(ValueError, match="trained with train-layers 1, not 0: start a new run") as e:
+        load_policy(folder / "checkpoint", tiny_model, TrainParams())
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="--train-layers 3: the model has 2 decoder layers"):
+        load_policy(tiny_model, tiny_model, TrainParams(train_layers=3))
+
+
 @pytest.mark.parametrize("objective", ["weighted-sft", "apo"])
 def test_data_parallel_training_takes_the_one_process_steps(stage_inputs, tiny_model, objective):
     """train_processes=2 (gloo on this CPU: this process is rank 0, a spawned process rank 1): each rank takes every
@@ -501,7 +535,7 @@ def test_data_parallel_training_takes_the_one_process_steps(stage_inputs, tiny_m
     ("learning-rate", {"learning_rate": -1e-5}), ("micro-batch-size", {"micro_batch_size": 0}),
     ("logits-chunk", {"logits_chunk": 0}), ("epochs", {"epochs": 0}), ("grad-clip", {"grad_clip": 0.0}),
     ("kl-coef", {"kl_coef": -0.1}), ("beta2", {"beta2": -1.0}), ("weight-decay", {"weight_decay": -0.01}),
-    ("train-processes", {"train_processes": 0}),
+    ("train-processes", {"train_processes": 0}), ("train-layers", {"train_layers": -1}),
 ])
 def test_bad_train_params(tmp_path, flag, change):
     params = TrainParams(**change)
