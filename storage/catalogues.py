@@ -24,17 +24,16 @@ from storage.parquet import write_table
 from storage.stages import code_version
 import webshop.catalogue
 import webshop.generate
-from webshop.catalogue import PRODUCTS_SCHEMA, Catalogue, DataError, Product, iter_dir, products_table
+from webshop.catalogue import PRODUCTS_SCHEMA, STRING_LIST, Catalogue, DataError, Product, iter_dir, products_table
 from webshop.generate import iter_generated
 from webshop.env import Shop
 from webshop.goals import GoalSet, build_goals
 from webshop.search import SearchEngine
 
-_STR_LIST = pa.list_(pa.string())
 WRITE_BATCH = 10_000  # products per Parquet row group and Arrow record batch
 GOALS_SCHEMA = pa.schema([
     ("goal_idx", pa.int32()), ("asin", pa.string()), ("kind", pa.string()), ("instruction_text", pa.string()),
-    ("attributes", _STR_LIST), ("goal_options", pa.string()), ("price_upper", pa.float64()),
+    ("attributes", STRING_LIST), ("goal_options", pa.string()), ("price_upper", pa.float64()),
     ("weight", pa.float64()), ("category", pa.string()), ("query", pa.string()),
 ])
 

@@ -70,17 +70,17 @@ class Product:
         return search_text(self.title, self.description, self.bullet_points, self.options)
 
 
-_STR_LIST = pa.list_(pa.string())
+STRING_LIST = pa.list_(pa.string())
 PRODUCTS_SCHEMA = pa.schema([
     ("asin", pa.string()), ("title", pa.string()), ("description", pa.string()),
-    ("bullet_points", _STR_LIST), ("pricing", pa.list_(pa.float64())), ("price_text", pa.string()),
-    ("options", pa.list_(pa.struct([("name", pa.string()), ("values", _STR_LIST)]))),
-    ("attributes", _STR_LIST), ("category", pa.string()), ("query", pa.string()),
+    ("bullet_points", STRING_LIST), ("pricing", pa.list_(pa.float64())), ("price_text", pa.string()),
+    ("options", pa.list_(pa.struct([("name", pa.string()), ("values", STRING_LIST)]))),
+    ("attributes", STRING_LIST), ("category", pa.string()), ("query", pa.string()),
     ("product_category", pa.string()), ("instruction_text", pa.string()),
-    ("instruction_attributes", _STR_LIST),
+    ("instruction_attributes", STRING_LIST),
     ("human_instructions", pa.list_(pa.struct([("instruction", pa.string()),
-                                               ("instruction_attributes", _STR_LIST),
-                                               ("instruction_options", _STR_LIST)]))),
+                                               ("instruction_attributes", STRING_LIST),
+                                               ("instruction_options", STRING_LIST)]))),
 ])
 
 
