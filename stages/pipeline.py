@@ -49,7 +49,7 @@ from stages.report import eval_row, iteration_metrics, plot_curves, reported_eva
 from stages.rollout import episode_requests, reference_samples, rollout_stage
 from stages.shards import merge_stage, split_requests
 from stages.sft import demos_stage, relabel_stage, sft_stage
-from stages.train import train_stage
+from stages.train import check_train_layers, train_stage
 from stages.weights import weights_stage
 from storage import remote
 from storage.faults import fault_point
@@ -104,8 +104,8 @@ def check_inputs(config: Config) -> None:
     check_reference_run(config)
     shop(config)
     layers = json.loads((base_model(config) / "config.json").read_text()).get("num_hidden_layers")
-    if layers is not None and config.train_layers > layers:
-        raise ValueError(f"--train-layers {config.train_layers}: model {config.model!r} has {layers} decoder layers")
+    if layers is not None:
+        check_train_layers(config.train_layers, layers, config.model)
 
 
 def check_run_config(config: Config) -> None:

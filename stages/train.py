@@ -334,12 +334,17 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams, root=Non
     return policy, ref_model, optimizer, step
 
 
+def check_train_layers(train_layers: int, layers: int, model: str) -> None:
+    """--train-layers names at most the model's decoder layers (one clear line if not)."""
+    if train_layers > layers:
+        raise ValueError(f"--train-layers {train_layers}: model {model!r} has {layers} decoder layers")
+
+
 def freeze_below(policy, train_layers: int) -> None:
     """Gradients only for the top `train_layers` decoder layers, the final norm and an output head of its own (a
     head tied to the input embeddings, as SmolLM2's, stays frozen with them)."""
     body = policy.base_model
-    if train_layers > len(body.layers):
-        raise ValueError(f"--train-layers {train_layers}: the model has {len(body.layers)} decoder layers")
+    check_train_layers(train_layers, len(body.layers), policy.config.name_or_path)
     policy.requires_grad_(False)
     for module in (*body.layers[-train_layers:], body.norm):
         module.requires_grad_(True)
