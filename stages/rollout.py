@@ -78,11 +78,12 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
     With a `demonstrator` (a `webshop.policies` policy) the scripted policy acts instead of the model and its
     actions are recorded as the model's replies (`demonstration`); `engine` then only lends its tokenizer.
     That is how oracle demonstrations become training rows with exactly the prompts a rollout would build.
-    With a `labeller` (DAgger's expert: `webshop.policies.goal_item_oracle`) the policy acts as usual, and the
-    turns kept are those the labeller labels, each with the labeller's action as its reply (`completion_*`) and the
-    policy's own in `action`: training rows on the states the policy visits. The ones where the policy already did
-    right are kept too: trained on the corrections alone, the warm start saw almost no state where buying is right
-    (5 of 148 rows) and stopped buying.
+    With a `labeller` (a `webshop.policies.Labeller`: DAgger's expert `goal_item_oracle`, or DART's
+    `NoisyOracle.label` beside its demonstrator) the policy acts as usual, and the turns kept are those the
+    labeller labels, given the state and the action played, each with the labeller's action as its reply
+    (`completion_*`) and the policy's own in `action`: training rows on the states the policy visits. The ones
+    where the policy already did right are kept too: trained on the corrections alone, the warm start saw almost
+    no state where buying is right (5 of 148 rows) and stopped buying.
     `stage` names the fault point passed after each turn (storage/faults.py)."""
     env = BatchEnv(shop, params.observation_mode, params.max_episode_steps)
     env.reset([g for g, _ in requests])
@@ -128,7 +129,7 @@ def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: Ro
                    "completion_ids": c.token_ids, "completion_logprobs": c.logprobs, "completion_text": c.text,
                    "action": action}
             if labeller is not None:
-                label = labeller(ep, memories[i])
+                label = labeller(ep, memories[i], action)
                 row["label"] = None if label is None else demonstration(engine.tokenizer, label, params.max_new_tokens)
             live[i].turns.append(row)
         for i, result in env.step(actions).items():

@@ -168,7 +168,7 @@ def test_noisy_demonstrations_keep_the_oracles_recoveries_and_drop_its_mistakes(
         for turn in range(e["n_steps"]):
             oracle_action = oracle_policy(ep, copy.deepcopy(memory))
             played = noise.act(ep, memory)
-            if noise.label(ep, memory) is None:
+            if noise.label(ep, memory, played) is None:
                 assert ep.state.kind == "item" and ep.state.asin == ep.goal.asin
                 assert played != oracle_action and played.startswith("click[") and played != "click[buy now]"
                 mistakes, after_mistake = mistakes + 1, True

@@ -20,6 +20,9 @@ from webshop.pages import PRODUCT_WINDOW
 from webshop.reward import load_tagger
 
 Policy = Callable[[Episode, dict], str]
+# An expert that labels a played turn: (episode before the step, memory, the action played) -> the action to
+# imitate on that state, or None for a turn that is not a training row.
+Labeller = Callable[[Episode, dict, str], "str | None"]
 
 
 def rule_policy(episode: Episode, memory: dict) -> str:
@@ -65,11 +68,12 @@ def oracle_policy(episode: Episode, memory: dict) -> str:
     return f"search[{goal.instruction_without_price.lower()}]"
 
 
-def goal_item_oracle(episode: Episode, memory: dict) -> str | None:
+def goal_item_oracle(episode: Episode, memory: dict, played: str) -> str | None:
     """DAgger's expert for a learned policy: the oracle's action on the goal's own item page (click the options the
-    instruction names, then buy), None elsewhere. There the right action follows from what the prompt shows; on the
-    way to that page the oracle acts on the goal's ASIN (its clicks, its next pages, its search by the product's
-    title), which no prompt carries, so a policy trained on those labels would learn to guess."""
+    instruction names, then buy), whatever the policy played; None elsewhere. There the right action follows from
+    what the prompt shows; on the way to that page the oracle acts on the goal's ASIN (its clicks, its next pages,
+    its search by the product's title), which no prompt carries, so a policy trained on those labels would learn
+    to guess."""
     if _on_goal_item(episode):
         return oracle_policy(episode, memory)
     return None
@@ -80,11 +84,11 @@ class NoisyOracle:
     """DART's noise-injected demonstrator (Laskey et al., 2017) for the warm start: the oracle, except that on the
     goal's own item page each turn is, with probability `rate`, a mistake: another option click than the
     oracle's (a value the instruction does not name, one already selected, one the oracle has yet to click).
-    `act` plays; `label` is the oracle's action for the turn it just played, None for a mistake (not a row to
-    imitate). The oracle then recovers from the state the mistake left, so the demonstrations hold the states a
-    learned policy gets itself into (a wrong or re-clicked option) with the right next action, which the plain
-    oracle's never visit: the 100-demonstration warm start spent 26 of its 27 step-capped test episodes
-    re-clicking one option. The draw depends on (seed, goal, step) only, so a demonstration is reproducible."""
+    `act` plays; `label` (a `Labeller`) keeps a played turn with the oracle's action and drops a mistake. The
+    oracle then recovers from the state the mistake left, so the demonstrations hold the states a learned policy
+    gets itself into (a wrong or re-clicked option) with the right next action, which the plain oracle's never
+    visit: the 100-demonstration warm start spent 26 of its 27 step-capped test episodes re-clicking one option.
+    The draw depends on (seed, goal, step) only, so a demonstration is reproducible."""
     rate: float
     seed: int = 0
 
@@ -93,13 +97,15 @@ class NoisyOracle:
         mistakes = _other_option_clicks(episode, action) if _on_goal_item(episode) else []
         rng = random.Random(f"{self.seed}/{episode.goal_idx}/{episode.steps}")
         if mistakes and rng.random() < self.rate:
-            memory["label"] = None
             return f"click[{rng.choice(mistakes)}]"
-        memory["label"] = action
         return action
 
-    def label(self, episode: Episode, memory: dict) -> str | None:
-        return memory.pop("label")
+    def label(self, episode: Episode, memory: dict, played: str) -> str | None:
+        """`played` when it is the oracle's action, None for a mistake. Mistakes happen only on the goal's item
+        page, where the oracle's action depends on the page alone (asking it again changes no memory)."""
+        if _on_goal_item(episode) and played != oracle_policy(episode, memory):
+            return None
+        return played
 
 
 def _on_goal_item(episode: Episode) -> bool:
