@@ -8,6 +8,9 @@
     train_metrics  one row per optimizer step (+ run, iteration)
     eval           one row per evaluation (+ run); iteration 0 is the starting policy (`apo train`)
     evaluations    every evaluation on disk (+ run): the iterations', superseded ones and `apo eval`'s
+    evaluation_episodes, evaluation_turns
+                   the episodes and turns of every evaluation on disk (`episodes` holds the current
+                   iterations' only): what an `apo eval` did, goal by goal
     iterations     run, iteration and the folders each stage used
 
 "Current" means the folders an iteration's `iteration.json` points to: a replay leaves the superseded
@@ -92,9 +95,10 @@ class Views:
                         files.append((r["run"], r["iteration"], self.source(Path(folder) / name)))
         return files
 
-    def evals(self) -> list[tuple[str, None, str]]:
-        """Every eval table on disk: runs/<run>/eval/<key>/ (apo eval) and runs/<run>/iter=<i>/eval/<key>/."""
-        patterns = ("runs/*/eval/*/eval.parquet", "runs/*/iter=*/eval/*/eval.parquet")
+    def evals(self, name: str) -> list[tuple[str, None, str]]:
+        """Table `name` of every eval folder on disk, superseded and `apo eval`'s too: runs/<run>/eval/<key>/
+        (apo eval) and runs/<run>/iter=<i>/eval/<key>/."""
+        patterns = (f"runs/*/eval/*/{name}", f"runs/*/iter=*/eval/*/{name}")
         found = {p for pattern in patterns for p in self.root.glob(pattern)}
         if self.remote:
             base = self.remote.base
@@ -126,7 +130,9 @@ def view_sources(root: Path) -> tuple[dict[str, tuple[list, str]], list[dict], l
                "turns": (views.files(("reference", "rollout", "eval"), "turns.parquet"), "")}
     for view, (stage, name) in SOURCES.items():
         sources[view] = (views.files((stage,), name), "run" if view == "eval" else "run,iteration")
-    sources["evaluations"] = (views.evals(), "run")
+    sources["evaluations"] = (views.evals("eval.parquet"), "run")
+    sources["evaluation_episodes"] = (views.evals("episodes.parquet"), "")
+    sources["evaluation_turns"] = (views.evals("turns.parquet"), "")
     return sources, views.records, views.skipped
 
 

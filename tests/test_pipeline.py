@@ -352,6 +352,14 @@ def test_apo_eval_scores_any_checkpoint_on_a_goal_range(first, config, capsys):
     assert Path(sampled["folder"]).parent == Path(config.output_dir) / "runs" / config.run / "eval"
     columns, rows = query("SELECT goals, temperature, n FROM evaluations ORDER BY goals", config.output_dir)
     assert ("2:5", 0.0, 3) in rows and (span, 1.0, 2) in rows
+    # goal by goal: both evaluations' episodes and turns, as their folders hold them
+    _, rows = query("SELECT episode_id, goal_idx, reward FROM evaluation_episodes", config.output_dir)
+    _, turns = query("SELECT episode_id, turn, action FROM evaluation_turns", config.output_dir)
+    for folder in (out["folder"], sampled["folder"]):
+        written = read_table(Path(folder) / "episodes.parquet").to_pylist()
+        assert {(e["episode_id"], e["goal_idx"], e["reward"]) for e in written} <= set(rows)
+        assert {(t["episode_id"], t["turn"], t["action"])
+                for t in read_table(Path(folder) / "turns.parquet").to_pylist()} <= set(turns)
 
     for flags, words in [(["--goals", "600:700"], ["600:700", "test split"]),
                          (["--iteration", "9"], ["iteration 9 is not done"]),
