@@ -55,7 +55,7 @@ class Views:
     A file left out is named once in `skipped` and every other table still answers."""
 
     def __init__(self, root: Path):
-        self.root, self.skipped = root, []
+        self.root, self.skipped, self._checked = root, [], {}
         # A URL root: records are refreshed into the cache; tables the cache lacks are read from the store.
         self.remote = remote.remote_for(root)
         if self.remote:
@@ -70,6 +70,12 @@ class Views:
         return str(path) if path.is_file() or not self.remote else f"{self.remote.scheme}://{self.remote.key(path)}"
 
     def usable(self, path: Path) -> bool:
+        """Checked once per file: a table two views read (an evaluation's episodes) is named once."""
+        if path not in self._checked:
+            self._checked[path] = self._check(path)
+        return self._checked[path]
+
+    def _check(self, path: Path) -> bool:
         if not self._is_file(path.parent / MANIFEST):
             self.skipped.append(f"{path}: its stage folder has no {MANIFEST} (not a finished stage)")
             return False
