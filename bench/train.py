@@ -3,21 +3,25 @@ positions, in chunks) against a plain full-logits implementation, in the same ru
 
 Run:
     .venv/bin/python -m bench.train [--sequences 8] [--seq-len 512] [--action-tokens 32] [--steps 3]
-                                    [--model smollm2-135m|qwen2.5-1.5b-random|tiny-random] [--device auto|cpu|cuda]
-                                    [--train-layers 10] [--out bench/results/train.json]
+                                    [--shared-prefix 213] [--model smollm2-135m|qwen2.5-1.5b-random|tiny-random]
+                                    [--device auto|cpu|cuda] [--train-layers 10] [--out bench/results/train.json]
 
 Each implementation runs in its own subprocess (so each peak RSS is its own): the embedded SmolLM2-135M as
 the policy (fp32 master weights, AdamW, autocast to the dtype `--dtype auto` picks on the machine, as
 stages/train.py trains) and a frozen copy as the
-reference, `--sequences` right-padded sequences of `--seq-len` random tokens whose last `--action-tokens` are
-the "action" tokens, the weighted-SFT loss (weighted CE + 0.02 x KL over the vocabulary). One untimed warm-up
+reference, `--sequences` right-padded sequences of `--seq-len` random tokens whose first `--shared-prefix` are the
+same in every sequence (a WebShop prompt opens with 213 tokens of system text and worked example) and whose last
+`--action-tokens` are the "action" tokens, the weighted-SFT loss (weighted CE + 0.02 x KL over the vocabulary). One untimed warm-up
 step, then `--steps` timed optimizer steps. tokens/s counts every sequence token (what the forward processes).
 
     plain      model(input_ids).logits for every position (B x T x V, upcast to fp32 by transformers),
                log_softmax over all of them, gather the action positions; the same for the reference; one batch.
     ours       the trainer's `stages.train.train_step`: micro-batches of --micro-batch-size with gradient
-               accumulation; lm_head + log_softmax only at the action positions, `logits_chunk` at a time.
-    ours+ckpt  the same with the model's gradient checkpointing on (activations recomputed in backward).
+               accumulation; lm_head + log_softmax only at the action positions, `logits_chunk` at a time; each
+               micro-batch's shared prefix runs once (`stages.train.body_states`).
+    ours-unshared  the same with `share_prefix` off: every sequence runs whole, its prefix included.
+    ours+ckpt  the same with the model's gradient checkpointing on (activations recomputed in backward; every
+               sequence runs whole: HF drops caches under checkpointing).
     ours+top   ours with only the top `--train-layers` decoder layers trained (`--train-layers`: the layers
                below, the embeddings and the tied head frozen, stages.train.freeze_below): no backward below.
 The goal from the issue: 8 sequences of 512 tokens train in under 6 GiB on CPU.
@@ -39,7 +43,7 @@ import time
 from pathlib import Path
 
 GOAL_MIB = 6 * 1024
-IMPLS = ("plain", "ours", "ours+ckpt", "ours+top")
+IMPLS = ("plain", "ours", "ours-unshared", "ours+ckpt", "ours+top")
 MODELS = ("smollm2-135m", "qwen2.5-1.5b-random", "tiny-random")
 
 
@@ -60,7 +64,7 @@ def load_policy(model: str, home: str | None, device: str):
 
 
 def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, steps: int, micro_batch_size: int,
-               home: str | None, model: str, device: str, train_layers: int) -> dict:
+               home: str | None, model: str, device: str, train_layers: int, shared_prefix: int) -> dict:
     import copy
 
     import torch
@@ -80,6 +84,7 @@ def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, step
         freeze_below(policy, train_layers)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=5e-6)
     ids = torch.randint(0, policy.config.vocab_size, (sequences, seq_len))
+    ids[:, :shared_prefix] = ids[0, :shared_prefix]
     mask = torch.ones_like(ids)
     weights = torch.linspace(0.1, 5.0, sequences).repeat_interleave(action_tokens).to(device)
     # Our path is the trainer's own train_step on the same batch: one episode per sequence, micro-batches.
@@ -87,7 +92,7 @@ def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, step
         {"episode_id": f"e{i}", "turn": 0, "prompt_ids": ids[i, :seq_len - action_tokens].tolist(),
          "completion_ids": ids[i, seq_len - action_tokens:].tolist(), "weight": float(weights[i * action_tokens]),
          "apo_target": 0.0, "episode_tokens": action_tokens} for i in range(sequences)])
-    params = TrainParams(micro_batch_size=micro_batch_size, learning_rate=5e-6)
+    params = TrainParams(micro_batch_size=micro_batch_size, learning_rate=5e-6, share_prefix=impl != "ours-unshared")
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def plain_logprobs(model):
@@ -135,6 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--micro-batch-size", type=int, default=4, help="ours: sequences per forward/backward")
     parser.add_argument("--train-layers", type=int, default=10, help="ours+top: decoder layers trained")
+    parser.add_argument("--shared-prefix", type=int, default=213, help="leading tokens every sequence shares")
     parser.add_argument("--model", choices=MODELS, default="smollm2-135m")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda where torch sees a GPU")
@@ -146,7 +152,7 @@ def main() -> None:
         import torch
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = (args.sequences, args.seq_len, args.action_tokens, args.steps, args.micro_batch_size, args.home,
-             args.model, args.device, args.train_layers)
+             args.model, args.device, args.train_layers, args.shared_prefix)
     if args.worker:
         print(json.dumps(run_worker(args.worker, *shape)))
         return
@@ -155,7 +161,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "bench.train", "--worker", impl, "--sequences", str(args.sequences),
                "--seq-len", str(args.seq_len), "--action-tokens", str(args.action_tokens), "--steps", str(args.steps),
                "--micro-batch-size", str(args.micro_batch_size), "--model", args.model, "--device", args.device,
-               "--train-layers", str(args.train_layers)]
+               "--train-layers", str(args.train_layers), "--shared-prefix", str(args.shared_prefix)]
         if args.home:
             cmd += ["--home", args.home]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -173,7 +179,8 @@ def main() -> None:
     memory = "peak_cuda_mib" if on_gpu else "peak_rss_mib"
     from policy.hardware import describe_machine, resolve_dtype
     where = f"GPU ({base['gpu']})" if on_gpu else describe_machine("cpu")
-    print(f"\n{args.sequences} sequences x {args.seq_len} tokens ({args.action_tokens} action tokens each), "
+    print(f"\n{args.sequences} sequences x {args.seq_len} tokens ({args.shared_prefix} shared by all, "
+          f"{args.action_tokens} action tokens each), "
           f"{args.steps} timed steps, {args.model} on {where}; ours: micro-batches of {args.micro_batch_size}; "
           f"ours+top: the top {args.train_layers} decoder layers trained\n")
     print(f"| implementation | tokens/s | vs {base['impl']} | {'peak CUDA allocated' if on_gpu else 'peak RSS'} MiB "
@@ -193,7 +200,7 @@ def main() -> None:
                                                    "cpu": describe_machine("cpu"), "gpu": base.get("gpu"),
                                                    "dtype": resolve_dtype("auto", args.device)},
         "shape": dict(zip(("sequences", "seq_len", "action_tokens", "steps", "micro_batch_size", "home", "model",
-                           "device", "train_layers"), shape)),
+                           "device", "train_layers", "shared_prefix"), shape)),
         "results": results}, indent=2))
 
 if __name__ == "__main__":

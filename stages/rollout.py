@@ -23,6 +23,7 @@ from storage.parquet import write_table
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
 from storage.tables import EPISODES_SCHEMA, TURNS_SCHEMA, to_table
 from webshop.env import OBSERVATION_MODES, BatchEnv, Shop
+from webshop.policies import Labeller
 
 log = logging.getLogger(__name__)
 REWARD_PARTS = ("r_type", "r_att", "r_option", "r_price")
@@ -70,7 +71,7 @@ class _Live:
 
 
 def run_episodes(engine, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams,
-                 progress: bool = False, demonstrator=None, labeller=None,
+                 progress: bool = False, demonstrator=None, labeller: Labeller | None = None,
                  stage: str = "rollout") -> tuple[list[dict], list[dict]]:
     """Play one episode per (goal_idx, sample_idx) request. Returns (episode rows, turn rows) without the
     run/stage columns; `episode_id` is filled in by the caller (it holds those).
@@ -197,7 +198,8 @@ def episode_requests(goals: list[int], samples: int | list[int]) -> list[tuple[i
 def rollout_stage(engine_factory, shop: Shop, requests: list[tuple[int, int]], params: RolloutParams, *, run: str,
                   stage: str, iteration: int | None, checkpoint: str, inputs: dict[str, str],
                   root=None, progress: bool = True, force: bool = False, cached_only: bool = False,
-                  extra_tables=None, demonstrator=None, labeller=None, shard: int | None = None):
+                  extra_tables=None, demonstrator=None, labeller: Labeller | None = None,
+                  shard: int | None = None):
     """Run (or reuse) one rollout stage; returns its folder with episodes.parquet, turns.parquet, manifest.
 
     `engine_factory(checkpoint)` is only called when the stage is not done yet (loading an engine costs

@@ -77,6 +77,9 @@ class TrainParams:
     """Sequences per forward/backward; gradients accumulate over micro-batches."""
     logits_chunk: int = 1024
     """Action positions whose logits are materialised at once."""
+    share_prefix: bool = True
+    """Run a micro-batch's common leading tokens (the system text and worked example every prompt opens with, a
+    quarter of a WebShop prompt) once instead of once per row (`body_states`); off under gradient checkpointing."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
     weight_decay: float = 0.0
@@ -133,10 +136,33 @@ def load_train_data(turns: Path, weights: Path):
     return datasets.Dataset(table)
 
 
+def shared_prefix_len(input_ids, prompt_lens) -> int:
+    """Leading tokens every row of the batch has in common, stopping before each row's last prompt token (the
+    first position whose state predicts an action). Prompts all open with the system text and worked example."""
+    if len(input_ids) < 2:
+        return 0
+    differs = (input_ids[:, :min(prompt_lens) - 1] != input_ids[:1, :min(prompt_lens) - 1]).any(0)
+    return int(differs.float().argmax()) if differs.any() else min(prompt_lens) - 1
+
+
+def body_states(model, input_ids, attention_mask, prefix: int):
+    """The body's last hidden states of every row from position `prefix` on. The first `prefix` tokens, the same
+    in every row, run once (batch 1) and each row attends to their keys and values (repeated, so gradients from
+    every row flow back into the one prefix pass); the states equal a full forward's up to float rounding. HF's
+    gradient checkpointing drops caches, so a checkpointed model in training runs every row whole."""
+    if prefix == 0 or (model.training and getattr(model, "is_gradient_checkpointing", False)):
+        return model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, prefix:]
+    cache = model.base_model(input_ids=input_ids[:1, :prefix], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(len(input_ids))
+    return model.base_model(input_ids=input_ids[:, prefix:], attention_mask=attention_mask,
+                            past_key_values=cache, use_cache=True).last_hidden_state
+
+
 def action_logprobs(model, input_ids, attention_mask, prompt_lens, completion_lens, chunk: int,
-                    ref_model=None):
+                    ref_model=None, share_prefix: bool = True):
     """Log-probabilities of the completion tokens of each row (right-padded sequences) under `model`,
     and with `ref_model` also the reference's and the per-token KL(model || ref) over the vocabulary.
+    `share_prefix`: the rows' common leading tokens run once (`body_states`).
 
     Returns (logp [N], ref_logp [N] | None, kl [N] | None, row [N]): N = all action tokens of the batch in
     row order; `row` says which sequence each belongs to.
@@ -147,12 +173,12 @@ def action_logprobs(model, input_ids, attention_mask, prompt_lens, completion_le
         positions += range(p - 1, p - 1 + c)  # the state before each action token predicts it
     rows_t, pos_t = torch.tensor(rows), torch.tensor(positions)
     targets = input_ids[rows_t, pos_t + 1]
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[rows_t, pos_t]
+    prefix = shared_prefix_len(input_ids, prompt_lens) if share_prefix else 0
+    hidden = body_states(model, input_ids, attention_mask, prefix)[rows_t, pos_t - prefix]
     ref_hidden = None
     if ref_model is not None:
         with torch.no_grad():
-            ref_hidden = ref_model.base_model(input_ids=input_ids,
-                                              attention_mask=attention_mask).last_hidden_state[rows_t, pos_t]
+            ref_hidden = body_states(ref_model, input_ids, attention_mask, prefix)[rows_t, pos_t - prefix]
     head = model.get_output_embeddings()
     logps, ref_logps, kls = [], [], []
     for s in range(0, len(rows), chunk):
@@ -209,7 +235,7 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
             for rows in batches:
                 ids, mask, p_lens, c_lens = _batch(rows, pad_id)
                 logp, ref_logp, _, row = action_logprobs(policy, ids.to(device), mask.to(device), p_lens, c_lens,
-                                                         params.logits_chunk, ref_model)
+                                                         params.logits_chunk, ref_model, params.share_prefix)
                 for r, d in zip(row.tolist(), (logp - ref_logp).tolist()):
                     delta[rows[r]["episode_id"]] = delta.get(rows[r]["episode_id"], 0.0) + d
         if world > 1:  # an episode's turns may sit in several ranks' micro-batches
@@ -230,7 +256,7 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
         action_tokens += sum(c_lens)
         with autocast:
             logp, ref_logp, kl, row = action_logprobs(policy, ids, mask, p_lens, c_lens, params.logits_chunk,
-                                                      ref_model)
+                                                      ref_model, params.share_prefix)
         row = row.to(device)
         # Per-token scale that turns sums over tokens into the per-episode means / sums of the objective.
         per_ep_tokens = torch.tensor([rows[r]["episode_tokens"] for r in row.tolist()], device=device)

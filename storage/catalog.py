@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from functools import cached_property
 from pathlib import Path
 
 import duckdb
@@ -101,17 +102,22 @@ class Views:
                         files.append((r["run"], r["iteration"], self.source(Path(folder) / name)))
         return files
 
-    def evals(self, name: str) -> list[tuple[str, None, str]]:
-        """Table `name` of every eval folder on disk, superseded and `apo eval`'s too: runs/<run>/eval/<key>/
-        (apo eval) and runs/<run>/iter=<i>/eval/<key>/."""
-        patterns = (f"runs/*/eval/*/{name}", f"runs/*/iter=*/eval/*/{name}")
-        found = {p for pattern in patterns for p in self.root.glob(pattern)}
+    @cached_property
+    def eval_folders(self) -> list[Path]:
+        """Every finished eval folder, superseded and `apo eval`'s too, listed once for all the evaluation views:
+        runs/<run>/eval/<key>/ (apo eval) and runs/<run>/iter=<i>/eval/<key>/."""
+        patterns = (f"runs/*/eval/*/{MANIFEST}", f"runs/*/iter=*/eval/*/{MANIFEST}")
+        found = {p.parent for pattern in patterns for p in self.root.glob(pattern)}
         if self.remote:
             base = self.remote.base
-            found |= {self.root / k[len(base) + 1:] for pattern in patterns
+            found |= {(self.root / k[len(base) + 1:]).parent for pattern in patterns
                       for k in self.remote.fs.glob(f"{base}/{pattern}")}
-        return [(p.relative_to(self.root / "runs").parts[0], None, self.source(p)) for p in sorted(found)
-                if self._is_file(p.parent / MANIFEST) and self.usable(p)]
+        return sorted(found)
+
+    def evals(self, name: str) -> list[tuple[str, None, str]]:
+        """Table `name` of every eval folder (`eval_folders`) that has it."""
+        return [(f.relative_to(self.root / "runs").parts[0], None, self.source(f / name)) for f in self.eval_folders
+                if self._is_file(f / name) and self.usable(f / name)]
 
 
 def _view(con, view: str, files: list[tuple[str, int, str]], tag: str) -> None:

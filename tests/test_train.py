@@ -260,6 +260,62 @@ def test_action_logprobs_kl_against_full_vocabulary(loaded, tok):
     torch.testing.assert_close(kl, want_kl, atol=1e-4, rtol=1e-3)
 
 
+def prompt_rows(tok):
+    """Rows whose prompts are real WebShop prompts (policy.prompts): they share the system text and example."""
+    from policy.prompts import PromptConfig, Turn, encode_prompt
+
+    search = {"has_search_bar": True, "clickables": ["search"]}
+    item = {"has_search_bar": False, "clickables": ["back to search", "< prev", "small", "large", "buy now"]}
+    turns = [Turn(PROMPTS[0], "WebShop [SEP] Search", search),
+             Turn(PROMPTS[2], "Back to Search [SEP] size [SEP] small [SEP] large [SEP] Buy Now", item, ("small",),
+                  ("search[desk lamp]", "click[b0012]", "click[small]")),
+             Turn(PROMPTS[2], "Back to Search [SEP] size [SEP] small [SEP] large [SEP] Buy Now", item, (),
+                  ("search[desk lamp]", "click[b0012]"))]
+    return [{"prompt_ids": encode_prompt(tok, t, [], PromptConfig()), "completion_ids": ids_of(tok, c)}
+            for t, c in zip(turns, ["search[red shirt]", "click[buy now]", "click[small]"])]
+
+
+def test_shared_prefix_runs_once_and_changes_nothing(loaded, tok):
+    """The micro-batch's common prompt head runs once: log-probabilities, KL and gradients equal those of every row
+    run whole (fp32, and the stage's autocast); a gradient-checkpointed model in training runs rows whole."""
+    from stages.train import shared_prefix_len
+
+    rows = prompt_rows(tok)
+    ids, mask, p_lens, c_lens = padded(rows, loaded[0].config.pad_token_id)
+    prefix = shared_prefix_len(ids, p_lens)
+    head = next(i for i, (a, b) in enumerate(zip(rows[1]["prompt_ids"], rows[2]["prompt_ids"])) if a != b)
+    assert 150 < prefix == next(i for i, (a, b) in enumerate(zip(rows[0]["prompt_ids"], rows[1]["prompt_ids"]))
+                                if a != b) < head < min(p_lens)
+    assert shared_prefix_len(ids[1:], p_lens[1:]) == head  # two turns of one goal share their instruction too
+    # a prompt that is all prefix of another: the shared part stops before its last token, which predicts
+    same = torch.stack([ids[0], ids[0]])
+    assert shared_prefix_len(same, [p_lens[0]] * 2) == p_lens[0] - 1
+    assert shared_prefix_len(ids[:1], p_lens[:1]) == 0  # one row: nothing to share
+
+    policy, ref = perturbed(loaded[0]), loaded[1]
+    policy.gradient_checkpointing_disable()
+    for autocast in (False, True):
+        grads = []
+        for share in (False, True):
+            policy.zero_grad()
+            with stage_autocast(autocast):
+                logp, ref_logp, kl, _ = action_logprobs(policy, ids, mask, p_lens, c_lens, 4, ref, share)
+            (logp.sum() + kl.sum()).backward()
+            grads.append({n: p.grad.clone() for n, p in policy.named_parameters()})
+            if not share:
+                want = (logp.detach(), ref_logp, kl.detach())
+        tol = dict(atol=1e-4, rtol=1e-4) if not autocast or STAGE_DTYPE == "float32" else dict(atol=5e-2, rtol=5e-2)
+        for got, expected in zip((logp.detach(), ref_logp, kl.detach()), want):
+            torch.testing.assert_close(got, expected, **tol)
+        for name, g in grads[0].items():  # the prefix's gradient sums every row's
+            torch.testing.assert_close(grads[1][name], g, atol=1e-4 * g.abs().max().item() + 1e-6, rtol=1e-3)
+    policy.gradient_checkpointing_enable()
+    with torch.no_grad():
+        got = action_logprobs(policy, ids, mask, p_lens, c_lens, 4, None, True)[0]
+    torch.testing.assert_close(got, want[0], atol=1e-4, rtol=1e-4)
+    policy.zero_grad()
+
+
 def perturbed(policy, scale: float = 0.5):
     """A deep copy of `policy` with seeded noise (scale x the weights' std) added to one MLP matrix."""
     policy = copy.deepcopy(policy)
