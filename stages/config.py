@@ -72,9 +72,9 @@ class Config(TrainParams, WeightsParams, RolloutParams):
     sft_batch_episodes: int = 4
     """Demonstration episodes per optimizer step of the warm start."""
     sft_demo_noise: float = 0.0
-    """DART: probability that a demonstration turn on the goal's item page is a mistake (another option click),
-    played but not imitated; the oracle's recovery from it is (`webshop.policies.NoisyOracle`). 0: the plain
-    oracle."""
+    """DART: probability that a demonstration turn on the goal's item page is a mistake (an option click that
+    leaves the goal's selections alone: a re-click, or a value of a group the goal does not name), played but not
+    imitated; the oracle's next actions from it are (`webshop.policies.NoisyOracle`). 0: the plain oracle."""
     reference_run: str | None = None
     """Share the warm start, reference samples and iteration-0 evaluation of this run (same model and goals)."""
     eval_frequency: int = 20

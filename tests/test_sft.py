@@ -152,9 +152,11 @@ def test_episode_batches_cover_every_row_once_in_whole_episodes():
 def test_noisy_demonstrations_keep_the_oracles_recoveries_and_drop_its_mistakes(generated_shop, embedded_model,
                                                                                 hf_engine, tmp_path):
     """DART: on the goal's item page some turns are another option click than the oracle's; those are played but
-    not kept, and the turns after them are kept with the oracle's action from the state the mistake left (a wrong
-    or re-clicked option in the previous actions). Every kept turn is the plain oracle's action on its state, no
-    prompt carries two labels, and the oracle still buys the goal's product."""
+    not kept, and the turns after them are kept with the oracle's action from the state the mistake left (a stray
+    or re-clicked option in the previous actions). A mistake leaves the goal's selections as they were, so no kept
+    option click repeats the kept action before it (the pattern the first DART version taught). Every kept turn is
+    the plain oracle's action on its state, no prompt carries two labels, and the oracle still buys the goal's
+    product."""
     tok = hf_engine.tokenizer
     goals = list(generated_shop.goals.split("train"))[:30]
     noise, params = NoisyOracle(rate=0.5, seed=3), RolloutParams(max_episode_steps=15, history_turns=1)
@@ -162,24 +164,35 @@ def test_noisy_demonstrations_keep_the_oracles_recoveries_and_drop_its_mistakes(
                          root=tmp_path, noise=noise)
     episodes = read_table(folder / "episodes.parquet").to_pylist()
     kept = {(t["episode_id"], t["turn"]): t for t in read_table(folder / "turns.parquet").to_pylist()}
-    expected, mistakes, recoveries = {}, 0, 0
+    expected, mistakes, recoveries, rechosen = {}, 0, 0, 0
     for e in episodes:  # replay: the played actions, and the plain oracle's action on each state
         ep, memory, history, after_mistake = Episode(generated_shop, e["goal_idx"], max_steps=15), {}, [], False
+        last_kept = None
         for turn in range(e["n_steps"]):
             oracle_action = oracle_policy(ep, copy.deepcopy(memory))
             played = noise.act(ep, memory)
             if noise.label(ep, memory, played) is None:
                 assert ep.state.kind == "item" and ep.state.asin == ep.goal.asin
                 assert played != oracle_action and played.startswith("click[") and played != "click[buy now]"
+                wanted = ep.goal.goal_options
+                wanted = set(wanted.values() if isinstance(wanted, dict) else wanted)
+                chosen = {g: v for g, v in ep.state.options.items() if v in wanted}
+                history.append((ep.observation(), played))
+                ep.step(played)
+                # the goal's values stay selected: nothing is displaced, at most a group it does not name is set
+                assert all(ep.state.options.get(g) == v for g, v in chosen.items()), (chosen, played)
                 mistakes, after_mistake = mistakes + 1, True
-            else:
-                assert played == oracle_action
-                expected[(e["episode_id"], turn)] = (encode_prompt(tok, Turn.of(ep), history, params.prompt()),
-                                                     played)
-                recoveries, after_mistake = recoveries + after_mistake, False
+                continue
+            assert played == oracle_action
+            expected[(e["episode_id"], turn)] = (encode_prompt(tok, Turn.of(ep), history, params.prompt()), played)
+            recoveries, after_mistake = recoveries + after_mistake, False
+            on_item = ep.state.kind == "item" and ep.state.asin == ep.goal.asin
+            rechosen += on_item and played == last_kept
+            last_kept = played if on_item else None
             history.append((ep.observation(), played))
             ep.step(played)
     assert mistakes >= 5 and recoveries >= 5, (mistakes, recoveries)
+    assert rechosen == 0
     assert kept.keys() == expected.keys()
     for key, (prompt, action) in expected.items():
         assert kept[key]["prompt_ids"] == prompt and kept[key]["completion_text"] == kept[key]["action"] == action
@@ -190,7 +203,11 @@ def test_noisy_demonstrations_keep_the_oracles_recoveries_and_drop_its_mistakes(
     assert sum(e["success"] for e in episodes) >= len(goals) * 0.8
     plain = demos_stage(generated_shop, goals, params, embedded_model, run="n", inputs={"catalogue": "gen"},
                         root=tmp_path)
-    assert plain != folder and len(read_table(plain / "turns.parquet")) < len(kept)
+    # a mistake adds no oracle turn (nothing to undo), it changes what the turns after it show
+    plain_turns = read_table(plain / "turns.parquet").to_pylist()
+    assert plain != folder and len(plain_turns) == len(kept)
+    plain_prompts = {tuple(t["prompt_ids"]) for t in plain_turns}
+    assert sum(tuple(t["prompt_ids"]) not in plain_prompts for t in kept.values()) >= recoveries
 
 
 def test_relabelled_turns_are_the_oracles_labels_of_the_policys_own_states(generated_shop, embedded_model,
