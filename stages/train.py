@@ -141,8 +141,9 @@ def shared_prefix_len(input_ids, prompt_lens) -> int:
     first position whose state predicts an action). Prompts all open with the system text and worked example."""
     if len(input_ids) < 2:
         return 0
-    differs = (input_ids[:, :min(prompt_lens) - 1] != input_ids[:1, :min(prompt_lens) - 1]).any(0)
-    return int(differs.float().argmax()) if differs.any() else min(prompt_lens) - 1
+    limit = min(prompt_lens) - 1
+    differs = (input_ids[:, :limit] != input_ids[:1, :limit]).any(0)
+    return int(differs.float().argmax()) if differs.any() else limit
 
 
 def body_states(model, input_ids, attention_mask, prefix: int):
