@@ -22,19 +22,19 @@ def test_every_command_of_the_benchmark_is_one_apo_accepts():
         parsed = build_parser().parse_args(command[3:])
         assert parsed.max_episode_steps == 15 and parsed.eval_goals == 200
         assert parsed.adv_norm == "goal" and parsed.skip_degenerate and parsed.batch_episodes == 4
-        assert parsed.train_layers == 10
+        assert parsed.train_layers == 10 and not parsed.gradient_checkpointing
     seed = build_parser().parse_args(commands[-1][3:])
     assert (seed.command, seed.iteration, seed.seed, seed.model, seed.sft_demos) == \
         ("iteration", 2, 3, "some/checkpoint", 0)
     apo = build_parser().parse_args(learning.arm_commands(args)["sft+apo"][3:])
-    assert apo.reference_run == "learning-wsft" and apo.objective == "apo" and apo.sft_demos == 100
+    assert apo.reference_run == "learning-wsft" and apo.objective == "apo" and apo.sft_demos == 130
     assert apo.sft_demo_noise == build_parser().parse_args(learning.arm_commands(args)["sft+weighted-sft"][3:]) \
         .sft_demo_noise == 0.3
     # sft+relabel: one DAgger round from the warm start with its SFT settings, then the same evaluation
     relabel = build_parser().parse_args(learning.relabel_command(args, "warm/checkpoint")[3:])
     assert (relabel.command, relabel.checkpoint, relabel.num_goals, relabel.sft_demos, relabel.sft_epochs,
             relabel.sft_batch_episodes, relabel.max_episode_steps, relabel.run) == \
-        ("relabel", "warm/checkpoint", 100, 100, 1, 2, 15, "learning-relabel")
+        ("relabel", "warm/checkpoint", 100, 130, 1, 2, 15, "learning-relabel")
     evaluate = build_parser().parse_args(learning.eval_command(args, "learning-relabel", "new/checkpoint")[3:])
     assert (evaluate.command, evaluate.checkpoint, evaluate.goals, evaluate.temperature, evaluate.max_episode_steps,
             evaluate.data) == ("eval", "new/checkpoint", (0, 200), 0.0, 15, "../shared/webshop")
