@@ -115,6 +115,9 @@ QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28
 TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
             num_key_value_heads=1, vocab_size=151936, max_position_embeddings=4096, rope_theta=1e6,
             rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu")  # to test the GPU path on a CPU
+SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=1e5,
+                    rms_norm_eps=1e-5, tie_word_embeddings=True, hidden_act="silu")  # the embedded model's (Llama)
 
 
 # ------------------------------------------------------------------------------------------------- workload

@@ -3,7 +3,8 @@ positions, in chunks) against a plain full-logits implementation, in the same ru
 
 Run:
     .venv/bin/python -m bench.train [--sequences 8] [--seq-len 512] [--action-tokens 32] [--steps 3]
-                                    [--shared-prefix 213] [--model smollm2-135m|qwen2.5-1.5b-random|tiny-random]
+                                    [--shared-prefix 213]
+                                    [--model smollm2-135m|smollm2-135m-random|qwen2.5-1.5b-random|tiny-random]
                                     [--device auto|cpu|cuda] [--train-layers 10] [--out bench/results/train.json]
 
 Each implementation runs in its own subprocess (so each peak RSS is its own): the embedded SmolLM2-135M as
@@ -28,8 +29,9 @@ The goal from the issue: 8 sequences of 512 tokens train in under 6 GiB on CPU.
 
 On a GPU (`--device cuda`, or `auto` where one is visible) the same three run there; peak memory is then
 `torch.cuda.max_memory_allocated`. `--model qwen2.5-1.5b-random` swaps the embedded model for a randomly
-initialised Qwen2.5-1.5B-shaped one (no weights to carry; a GPU machine without the hub can run it), and
-`tiny-random` is a 2-layer model of that family to try the path on a CPU.
+initialised Qwen2.5-1.5B-shaped one (no weights to carry; a GPU machine without the hub can run it),
+`smollm2-135m-random` a randomly initialised model of the embedded model's shape (the size the learning benchmark
+trains), and `tiny-random` is a 2-layer Qwen2 to try the path on a CPU.
 """
 from __future__ import annotations
 
@@ -44,23 +46,25 @@ from pathlib import Path
 
 GOAL_MIB = 6 * 1024
 IMPLS = ("plain", "ours", "ours-unshared", "ours+ckpt", "ours+top")
-MODELS = ("smollm2-135m", "qwen2.5-1.5b-random", "tiny-random")
+MODELS = ("smollm2-135m", "smollm2-135m-random", "qwen2.5-1.5b-random", "tiny-random")
 
 
 def load_policy(model: str, home: str | None, device: str):
-    """fp32 policy on `device`: the embedded model, or a randomly initialised Qwen2 of bench.rollout's shapes
+    """fp32 policy on `device`: the embedded model, or a randomly initialised one of bench.rollout's shapes
     (initialised on the device itself: a 1.5B init on the CPU takes longer than the benchmark)."""
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    from bench.rollout import QWEN25_15B, TINY
+    from bench.rollout import QWEN25_15B, SMOLLM2_135M, TINY
     from policy.models import resolve_model
 
     if model == "smollm2-135m":
         return AutoModelForCausalLM.from_pretrained(resolve_model(model, home), dtype=torch.float32).to(device)
-    shape = QWEN25_15B if model == "qwen2.5-1.5b-random" else TINY
+    config = {"qwen2.5-1.5b-random": lambda: Qwen2Config(**QWEN25_15B),
+              "smollm2-135m-random": lambda: LlamaConfig(**SMOLLM2_135M),
+              "tiny-random": lambda: Qwen2Config(**TINY)}[model]()
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(Qwen2Config(**shape), dtype=torch.float32)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
 def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, steps: int, micro_batch_size: int,

@@ -44,6 +44,9 @@ class WeightsParams:
     """Advantages are normalised over the batch (the seed's rule) or over each goal's episodes (goal)."""
     skip_degenerate: bool = False
     """Weight 0 (no imitation) for the episodes of a normalisation group whose advantages are all equal."""
+    min_reward: float = 0.0
+    """Weight 0 (no imitation; the KL term still counts) for episodes whose environment reward is below this:
+    1.0 imitates only exact purchases, as rejection-sampling fine-tuning does; 0 keeps the seed's rule."""
 
     def check(self) -> None:
         if self.adv_norm not in ADV_NORMS:
@@ -53,6 +56,9 @@ class WeightsParams:
                 raise ValueError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.format_penalty < 0:
             raise ValueError(f"format-penalty must be >= 0, got {self.format_penalty}")
+        if not 0.0 <= self.min_reward <= 1.0:
+            raise ValueError(f"min-reward must be in [0, 1] (the environment's reward range), "
+                             f"got {self.min_reward}")
 
 
 def compute_weights(reference: list[Path], rollout: list[Path], params: WeightsParams
@@ -69,6 +75,7 @@ def compute_weights(reference: list[Path], rollout: list[Path], params: WeightsP
         weights = con.sql((SQL_DIR / "weights.sql").read_text(),
                           params={"adv_clip": params.adv_clip, "format_penalty": params.format_penalty,
                                   "adv_norm": params.adv_norm, "skip_degenerate": params.skip_degenerate,
+                                  "min_reward": params.min_reward,
                                   "rollout": [str(p) for p in rollout]}).to_arrow_table()
     except duckdb.Error as e:  # a missing or corrupt episodes table: one line naming the inputs
         raise ValueError(f"weights over {[str(p) for p in reference + rollout]}: "

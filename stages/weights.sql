@@ -6,6 +6,8 @@
 -- $adv_norm = 'goal' normalises over each goal's episodes instead of the batch (a goal's samples are compared
 -- with each other only). $skip_degenerate gives weight 0 to the episodes of a group whose advantages are all
 -- equal (within 1e-9): none of them is better than the others, yet the seed's rule gives each weight 1.
+-- $min_reward gives weight 0 to episodes whose environment reward is below it (1.0: only exact purchases are
+-- imitated); it filters after normalisation, so the kept episodes' weights are the seed's.
 WITH episodes AS (
     SELECT e.episode_id, e.goal_idx, e.sample_idx, e.reward, e.format_errors,
            e.reward - $format_penalty * e.format_errors AS r, v.v_star
@@ -31,7 +33,7 @@ clipped AS (
     SELECT *, greatest(-$adv_clip, least($adv_clip, adv_raw_norm)) AS adv_norm FROM normalised
 )
 SELECT episode_id, goal_idx, sample_idx, reward, r, v_star, advantage, adv_norm,
-       CASE WHEN $skip_degenerate AND degenerate THEN 0.0
+       CASE WHEN ($skip_degenerate AND degenerate) OR reward < $min_reward THEN 0.0
             ELSE greatest(0.1, least(5.0, adv_norm + 1.0)) END AS weight
 FROM clipped
 ORDER BY episode_id

@@ -87,6 +87,7 @@ def np_reference(reference: list[dict], rollout: list[dict], params: WeightsPara
     weight = np.clip(adv_norm + 1.0, 0.1, 5.0)
     if params.skip_degenerate:
         weight[degenerate] = 0.0
+    weight[np.array([e["reward"] for e in rollout]) < params.min_reward] = 0.0
     weights = {e["episode_id"]: {"goal_idx": e["goal_idx"], "sample_idx": e["sample_idx"], "reward": e["reward"],
                                  "r": r[i], "v_star": vs[i], "advantage": adv[i], "adv_norm": adv_norm[i],
                                  "weight": weight[i]}
@@ -113,11 +114,13 @@ def leftovers(root) -> list:
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("beta", BETAS)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("format_penalty,adv_clip,adv_norm,skip_degenerate", [
-    (0.0, 3.0, "batch", False), (0.1, 0.5, "batch", False), (0.0, 3.0, "goal", False), (0.0, 3.0, "goal", True)])
-def test_v_star_and_weights_match_numpy(tmp_path, seed, beta, format_penalty, adv_clip, adv_norm, skip_degenerate):
+@pytest.mark.parametrize("format_penalty,adv_clip,adv_norm,skip_degenerate,min_reward", [
+    (0.0, 3.0, "batch", False, 0.0), (0.1, 0.5, "batch", False, 0.0), (0.0, 3.0, "goal", False, 0.0),
+    (0.0, 3.0, "goal", True, 0.0), (0.0, 3.0, "goal", True, 0.5)])
+def test_v_star_and_weights_match_numpy(tmp_path, seed, beta, format_penalty, adv_clip, adv_norm, skip_degenerate,
+                                        min_reward):
     params = WeightsParams(beta=beta, adv_clip=adv_clip, format_penalty=format_penalty, adv_norm=adv_norm,
-                           skip_degenerate=skip_degenerate)
+                           skip_degenerate=skip_degenerate, min_reward=min_reward)
     reference, rollout = random_batch(seed)
     weights, v_star, _ = run_weights(tmp_path, reference, rollout, params)
     want_v, want_w = np_reference(reference, rollout, params)
@@ -141,7 +144,8 @@ def test_v_star_and_weights_match_numpy(tmp_path, seed, beta, format_penalty, ad
             assert math.isfinite(got[col])
             assert got[col] == pytest.approx(want[col], rel=1e-7, abs=1e-7), (eid, col)
         assert -adv_clip <= got["adv_norm"] <= adv_clip
-        assert 0.1 <= got["weight"] <= 5.0 or (skip_degenerate and got["weight"] == 0.0)
+        assert 0.1 <= got["weight"] <= 5.0 or ((skip_degenerate or got["reward"] < min_reward)
+                                               and got["weight"] == 0.0)
 
 
 def test_goal_normalisation_and_skipping_degenerate_goals(tmp_path):
@@ -161,6 +165,24 @@ def test_goal_normalisation_and_skipping_degenerate_goals(tmp_path):
     assert weight_of["goal", False][2] > 1.0 > weight_of["goal", False][3]
     assert weight_of["batch", True] == weight_of["batch", False]  # the batch as a whole is not degenerate
     assert 0.1 < weight_of["batch", False][0] < 1.0
+
+
+def test_min_reward_imitates_only_what_reached_it(tmp_path):
+    """Goal 0: two failures with different partial rewards (0.1 and 0.3); per goal, the better failure gets
+    weight ~2 and is imitated. min_reward 1.0 keeps only exact purchases: goal 0's episodes and goal 1's failure get
+    weight 0, and goal 1's success keeps the weight it has without the filter (the filter does not renormalise)."""
+    reference = [episode_row("reference", g, s, r) for g in (0, 1) for s, r in enumerate([0.2, 1.0])]
+    rollout = [episode_row("rollout", 0, 0, 0.1, iteration=1), episode_row("rollout", 0, 1, 0.3, iteration=1),
+               episode_row("rollout", 1, 0, 1.0, iteration=1), episode_row("rollout", 1, 1, 0.4, iteration=1)]
+    weight_of = {}
+    for min_reward in (0.0, 1.0):
+        weights, _, _ = run_weights(tmp_path / str(min_reward), reference, rollout,
+                                    WeightsParams(adv_norm="goal", min_reward=min_reward))
+        weight_of[min_reward] = weights["weight"].to_pylist()
+    assert weight_of[0.0][1] > 1.5 and weight_of[0.0][2] > 1.5  # the better failure is imitated like the success
+    assert weight_of[1.0] == [0.0, 0.0, weight_of[0.0][2], 0.0]
+    with pytest.raises(ValueError, match="min-reward must be in"):
+        WeightsParams(min_reward=1.5).check()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -410,7 +432,7 @@ def test_weights_stage(tmp_path):
     m = read_manifest(folder)
     assert (m["stage"], m["run"], m["iteration"], m["key"]) == ("weights", RUN, 2, folder.name)
     assert m["params"] == {"beta": 0.5, "adv_clip": 3.0, "format_penalty": 0.0, "adv_norm": "batch",
-                           "skip_degenerate": False}
+                           "skip_degenerate": False, "min_reward": 0.0}
     assert m["inputs"] == {"reference": "reference-abc", "rollout": "rollout-def"}
     # the files hold what compute_weights computes
     weights, v_star, diagnostics = compute_weights([ref / "episodes.parquet"], [roll / "episodes.parquet"], params)
