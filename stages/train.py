@@ -216,7 +216,8 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
     """One optimizer step over all rows of `data` (gradient accumulation over micro-batches). `scaler`: the
     stage's loss scaler (float16 only, see `loss_scaler`)."""
     device = next(policy.parameters()).device
-    if params.objective == "weighted-sft" and params.kl_coef == 0:
+    only_weights = params.objective == "weighted-sft" and params.kl_coef == 0
+    if only_weights:
         ref_model = None  # nothing uses the reference: skip its forward (a third of the step)
     scaler = scaler or loss_scaler(params, device.type)
     dtype = resolve_dtype(params.dtype, device.type)
@@ -224,9 +225,12 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
     data = data.to_list()
     episodes = sorted({r["episode_id"] for r in data})
     n_episodes = len(episodes)
+    # Without the KL term a weight-0 row (--skip-degenerate, --min-reward) adds 0 to the loss and the gradient:
+    # skip its forward and backward. n_episodes still counts its episode, so the step is the same.
+    trained = [r for r in data if r["weight"] != 0.0] if only_weights else list(data)
     # Longest first, so micro-batches hold sequences of similar length (little padding).
-    data.sort(key=lambda r: -(len(r["prompt_ids"]) + len(r["completion_ids"])))
-    batches = [data[s:s + params.micro_batch_size] for s in range(0, len(data), params.micro_batch_size)]
+    trained.sort(key=lambda r: -(len(r["prompt_ids"]) + len(r["completion_ids"])))
+    batches = [trained[s:s + params.micro_batch_size] for s in range(0, len(trained), params.micro_batch_size)]
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     batches = batches[rank::world]  # data-parallel: this rank's share of the micro-batches
 
@@ -278,6 +282,9 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
             sums["kl"] += ((kl / per_ep_tokens).sum() / n_episodes).item()
             sums["ce"] += ((-logp / per_ep_tokens).sum() / n_episodes).item()
         scaler.scale(loss).backward()
+    for p in policy.parameters():  # no row trained here: AdamW takes the step of a zero gradient, as it would
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
     if world > 1:
         tokens, action_tokens = _sum_across_ranks(policy, sums, tokens, action_tokens, device)
     if params.objective == "apo":
@@ -292,7 +299,7 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
     seconds = time.perf_counter() - start
     weights = {r["episode_id"]: r["weight"] for r in data}
     return {**sums, "mean_weight": sum(weights.values()) / n_episodes, "grad_norm": grad_norm,
-            "sequences": len(data), "action_tokens": action_tokens, "tokens": tokens, "seconds": seconds,
+            "sequences": len(trained), "action_tokens": action_tokens, "tokens": tokens, "seconds": seconds,
             "tokens_per_s": tokens / seconds, "peak_mem_mb": _peak_mem_mb()}
 
 

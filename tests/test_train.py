@@ -360,6 +360,34 @@ def test_weighted_sft_step_lowers_the_objective(loaded, tok, tmp_path):
     assert kl_after.item() > 0  # the policy moved away from the reference
 
 
+def test_weight_zero_rows_are_skipped_without_changing_the_step(loaded, tok, tmp_path):
+    """kl_coef 0: a weight-0 row is not run (fewer sequences and tokens), and the gradient is the one that runs it
+    (kl_coef 1e-30 runs every row; the KL term's gradient is 0 while policy == reference). When every row has
+    weight 0, AdamW still takes its zero-gradient step (its state counts it) and the weights stay."""
+    weights = {"ep-a": (2.0, 0.5), "ep-b": (0.0, -0.3), "ep-c": (1.0, 0.1)}
+    data = make_data(tmp_path / "some", tok, THREE_EPISODES, weights)
+    grads, metrics = {}, {}
+    for kl in (0.0, 1e-30):
+        policy = copy.deepcopy(loaded[0])
+        params = TrainParams(learning_rate=1e-4, kl_coef=kl, micro_batch_size=2, dtype="float32")
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
+        metrics[kl] = train_step(policy, loaded[1], data, params, optimizer, policy.config.pad_token_id)
+        grads[kl] = torch.cat([p.grad.flatten() for p in policy.parameters()])
+    assert (metrics[0.0]["sequences"], metrics[1e-30]["sequences"]) == (3, 4)
+    assert metrics[0.0]["tokens"] < metrics[1e-30]["tokens"]
+    assert metrics[0.0]["ce"] == pytest.approx(metrics[1e-30]["ce"], rel=1e-5)
+    assert grads[0.0].abs().max() > 0
+    assert torch.allclose(grads[0.0], grads[1e-30], rtol=1e-4, atol=1e-7)
+
+    data = make_data(tmp_path / "none", tok, THREE_EPISODES, {e: (0.0, a) for e, (_, a) in weights.items()})
+    policy = copy.deepcopy(loaded[0])
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4, weight_decay=0.0)  # the stage's default decay
+    m = train_step(policy, loaded[1], data, TrainParams(kl_coef=0.0), optimizer, policy.config.pad_token_id)
+    assert (m["sequences"], m["tokens"], m["grad_norm"]) == (0, 0, 0.0)
+    assert all(optimizer.state[p]["step"] == 1 for p in policy.parameters())
+    assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), loaded[0].parameters()))
+
+
 @pytest.mark.parametrize("high", [0, 1])
 def test_weights_steer_the_update(loaded, tok, tmp_path, high):
     """Two episodes answer the same prompt differently; the high-weight one's log-probability rises, and rises
