@@ -23,6 +23,8 @@ def test_every_command_of_the_benchmark_is_one_apo_accepts():
         assert parsed.max_episode_steps == 15 and parsed.eval_goals == 200
         assert parsed.adv_norm == "goal" and parsed.skip_degenerate and parsed.batch_episodes == 4
         assert parsed.train_layers == 10 and not parsed.gradient_checkpointing
+        # the weighted-SFT setting: imitate only exact purchases, no KL term
+        assert (parsed.min_reward, parsed.kl_coef, parsed.batch_size, parsed.learning_rate) == (1.0, 0.0, 8, 3e-5)
     seed = build_parser().parse_args(commands[-1][3:])
     assert (seed.command, seed.iteration, seed.seed, seed.model, seed.sft_demos) == \
         ("iteration", 2, 3, "some/checkpoint", 0)
@@ -69,23 +71,31 @@ def evaluation(successes: int, n: int, score: float) -> dict:
             "score": score, "score_ci": 3.0}
 
 
-def result_with(warm: dict, trained: dict, paired_low: float) -> dict:
+def result_with(warm: dict, trained: dict, paired_low: float, success_low: float = 1.0) -> dict:
     curve = [{**warm, "iteration": 0}, {**trained, "iteration": 1}]
     return {"baselines": {"rule": evaluation(5, 200, 57.4)},
             "arms": {"sft+weighted-sft": {"curve": curve, "vs_warm_start": {
-                "score": {"gain": paired_low + 4.0, "gain_ci": 4.0}}}}}
+                "score": {"gain": paired_low + 4.0, "gain_ci": 4.0},
+                "success": {"gain": success_low + 6.0, "gain_ci": 6.0}}}}}
 
 
 def test_the_bars_are_read_off_the_best_trained_policy_and_every_weighted_sft_run():
     met = learning.done_when(result_with(evaluation(42, 200, 59.1), evaluation(60, 200, 66.0), paired_low=1.0))
     assert met["best_trained"] == "sft+weighted-sft iteration 1"
     assert met["success_interval_above_rule"] and met["success_rate_above_20"] and met["score_above_rule"]
-    assert met["success_interval_above_20"] and met["weighted_sft_beats_warm_start"]
+    assert met["success_interval_above_20"] and met["weighted_sft_beats_warm_start_score"]
+    assert met["weighted_sft_beats_warm_start_success"]
     # 21% of 200: the rate is above 20% and the interval above the rule's, but the interval reaches below 20%
-    close = learning.done_when(result_with(evaluation(42, 200, 59.1), evaluation(38, 200, 66.0), paired_low=-0.5))
+    close = learning.done_when(result_with(evaluation(42, 200, 59.1), evaluation(38, 200, 66.0), paired_low=-0.5,
+                                           success_low=-1.0))
     assert close["best_trained"] == "sft+weighted-sft iteration 0"
     assert close["success_rate_above_20"] and close["success_interval_above_rule"]
-    assert not close["success_interval_above_20"] and not close["weighted_sft_beats_warm_start"]
+    assert not close["success_interval_above_20"] and not close["weighted_sft_beats_warm_start_score"]
+    assert not close["weighted_sft_beats_warm_start_success"]
+    # more purchases, but as many goals lose score as gain it: the two paired bars are read separately
+    split = learning.done_when(result_with(evaluation(42, 200, 59.1), evaluation(60, 200, 66.0), paired_low=-1.0,
+                                           success_low=0.4))
+    assert split["weighted_sft_beats_warm_start_success"] and not split["weighted_sft_beats_warm_start_score"]
     # as rare as the rule's successes: the interval overlaps the rule's
     low = learning.done_when(result_with(evaluation(6, 200, 50.0), evaluation(7, 200, 56.0), paired_low=2.0))
     assert not low["success_interval_above_rule"] and not low["success_rate_above_20"]
