@@ -142,4 +142,5 @@ class Config(TrainParams, WeightsParams, RolloutParams):
     def sft_params(self) -> TrainParams:
         """The warm start: weighted SFT with weight 1 and no KL, minibatches of demonstration episodes."""
         return replace(self.train_params(), objective="weighted-sft", learning_rate=self.sft_learning_rate,
-                       kl_coef=0.0, epochs=self.sft_epochs, batch_episodes=self.sft_batch_episodes)
+                       kl_coef=0.0, epochs=self.sft_epochs, batch_episodes=self.sft_batch_episodes,
+                       skip_noop_turns=False)  # a demonstration's reply is the oracle's label, never a no-op

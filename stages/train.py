@@ -6,8 +6,9 @@ Hugging Face `datasets.Dataset`. A row is one sequence, prompt_ids + completion_
 completion (action) tokens carry loss, so observations and prompts are masked by construction.
 
 Objectives (E = episodes in the batch, T_e = action tokens of episode e, A_e = r_e - V*(goal_e)):
-  weighted-sft  (1/E) sum_e w_e * mean_{t in T_e} CE_t  +  kl_coef * (1/E) sum_e mean_{t in T_e} KL_t
-                where KL_t = KL(pi(.|s_t) || pi_ref(.|s_t)) over the whole vocabulary (0 at initialisation).
+  weighted-sft  (1/E) sum_e w_e * mean_{t in T_e} m_t CE_t  +  kl_coef * (1/E) sum_e mean_{t in T_e} KL_t
+                where KL_t = KL(pi(.|s_t) || pi_ref(.|s_t)) over the whole vocabulary (0 at initialisation)
+                and m_t = 1, or 0 on a reply that changed nothing with --skip-noop-turns.
   apo           (1/E) sum_e (beta2 * sum_{t in T_e} (log pi - log pi_ref)(a_t) - A_e)^2     (the paper's loss)
 Both decompose over sequences, so micro-batches of sequences accumulate gradients. For `apo` the squared
 residual couples an episode's turns: a first no-grad pass computes each episode's log-ratio sum, and the
@@ -67,12 +68,17 @@ class TrainParams:
     """AdamW learning rate (constant)."""
     kl_coef: float = 0.02
     """Weight of KL(pi || pi_ref) in weighted-sft."""
+    skip_noop_turns: bool = False
+    """weighted-sft: imitate none of an episode's replies that changed nothing (train_data.sql's `noop`: an
+    invalid action, or a re-click of an option already selected); its other turns keep the episode's weight. A
+    sampled episode that bought the right product after five invalid clicks otherwise teaches the five clicks."""
     beta2: float = 1e-3
     """Scale of the log-ratio in the apo objective (the paper's beta2)."""
     epochs: int = 1
     """Passes over the iteration's episodes."""
     batch_episodes: int = 0
-    """Episodes per optimizer step, shuffled each epoch; 0: all of them (one step per epoch)."""
+    """Episodes per optimizer step, shuffled each epoch; 0: all of them (one step per epoch). With weighted-sft
+    and kl_coef 0 only the imitated episodes (a row of weight > 0) count."""
     micro_batch_size: int = 4
     """Sequences per forward/backward; gradients accumulate over micro-batches."""
     logits_chunk: int = 1024
@@ -110,6 +116,9 @@ class TrainParams:
         for name in ("kl_coef", "beta2", "weight_decay", "batch_episodes", "train_layers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.skip_noop_turns and self.objective != "weighted-sft":
+            raise ValueError(f"--skip-noop-turns applies to weighted-sft; the {self.objective} objective scores "
+                             "whole episodes")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.train_processes < 1:
@@ -212,6 +221,23 @@ def _peak_mem_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def imitation_weight(row: dict, params: TrainParams) -> float:
+    """The cross-entropy's weight of a training row: its episode's weight, or 0 for a reply that changed nothing
+    under --skip-noop-turns."""
+    return 0.0 if params.skip_noop_turns and row["noop"] else row["weight"]
+
+
+def imitated_only(data, params: TrainParams):
+    """weighted-sft without the KL term: only the rows of imitation weight > 0 enter the loss, so the steps are
+    cut from the episodes with such a row and --batch-episodes counts imitated episodes. Cut from all of them,
+    an iteration that imitates 21 of 128 episodes in steps of 8 would take 16 steps, some imitating nothing yet
+    moving the weights by AdamW's momentum. With nothing to imitate, `data` is kept (zero-gradient steps)."""
+    if params.objective != "weighted-sft" or params.kl_coef != 0:
+        return data
+    keep = [i for i, r in enumerate(data.to_list()) if imitation_weight(r, params) != 0.0]
+    return data.select(keep) if keep else data
+
+
 def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: int, scaler=None) -> dict:
     """One optimizer step over all rows of `data` (gradient accumulation over micro-batches). `scaler`: the
     stage's loss scaler (float16 only, see `loss_scaler`)."""
@@ -225,9 +251,12 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
     data = data.to_list()
     episodes = sorted({r["episode_id"] for r in data})
     n_episodes = len(episodes)
-    # Without the KL term a weight-0 row (--skip-degenerate, --min-reward) adds 0 to the loss and the gradient:
-    # skip its forward and backward. n_episodes still counts its episode, so the step is the same.
-    trained = [r for r in data if r["weight"] != 0.0] if only_weights else list(data)
+    for r in data:
+        r["imitation"] = imitation_weight(r, params)
+    # Without the KL term a row of imitation weight 0 (--skip-degenerate, --min-reward, --skip-noop-turns) adds 0
+    # to the loss and the gradient: skip its forward and backward. n_episodes still counts its episode, so the
+    # step is the same.
+    trained = [r for r in data if r["imitation"] != 0.0] if only_weights else list(data)
     # Longest first, so micro-batches hold sequences of similar length (little padding).
     trained.sort(key=lambda r: -(len(r["prompt_ids"]) + len(r["completion_ids"])))
     batches = [trained[s:s + params.micro_batch_size] for s in range(0, len(trained), params.micro_batch_size)]
@@ -266,7 +295,7 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
         # Per-token scale that turns sums over tokens into the per-episode means / sums of the objective.
         per_ep_tokens = torch.tensor([rows[r]["episode_tokens"] for r in row.tolist()], device=device)
         if params.objective == "weighted-sft":
-            weight = torch.tensor([rows[r]["weight"] for r in row.tolist()], device=device)
+            weight = torch.tensor([rows[r]["imitation"] for r in row.tolist()], device=device)
             ce = (-logp * weight / per_ep_tokens).sum() / n_episodes
             kl_term = (kl / per_ep_tokens).sum() / n_episodes if kl is not None else torch.zeros((), device=device)
             loss = ce + params.kl_coef * kl_term
@@ -429,6 +458,7 @@ def _train(checkpoint: Path, reference: Path, data, params: TrainParams, root, s
     policy, ref_model, optimizer, step = load_policy(checkpoint, reference, params, root, device)
     torch.manual_seed(params.seed + step)
     pad_id = policy.config.pad_token_id if policy.config.pad_token_id is not None else 0
+    data = imitated_only(data, params)
     steps = [b for epoch in range(params.epochs) for b in episode_batches(data["episode_id"], params, epoch)]
     metrics, scaler = [], loss_scaler(params, next(policy.parameters()).device.type)
     bar = tqdm(steps, desc=stage, unit="step", disable=not progress or rank > 0, leave=False)

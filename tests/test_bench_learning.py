@@ -21,10 +21,12 @@ def test_every_command_of_the_benchmark_is_one_apo_accepts():
         assert command[1:3] == ["-m", "apo.cli"]
         parsed = build_parser().parse_args(command[3:])
         assert parsed.max_episode_steps == 15 and parsed.eval_goals == 200
-        assert parsed.adv_norm == "goal" and parsed.skip_degenerate and parsed.batch_episodes == 4
+        assert parsed.adv_norm == "goal" and parsed.skip_degenerate and parsed.batch_episodes == 8
         assert parsed.train_layers == 10 and not parsed.gradient_checkpointing
         # the weighted-SFT setting: imitate only exact purchases, no KL term
-        assert (parsed.min_reward, parsed.kl_coef, parsed.batch_size, parsed.learning_rate) == (1.0, 0.0, 8, 3e-5)
+        assert (parsed.min_reward, parsed.kl_coef, parsed.batch_size, parsed.learning_rate) == (1.0, 0.0, 32, 5e-5)
+        # apo scores whole episodes: only the weighted-SFT iterations skip no-op replies
+        assert parsed.skip_noop_turns == (parsed.objective == "weighted-sft")
     seed = build_parser().parse_args(commands[-1][3:])
     assert (seed.command, seed.iteration, seed.seed, seed.model, seed.sft_demos) == \
         ("iteration", 2, 3, "some/checkpoint", 0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
@@ -69,3 +70,6 @@ def test_config_builds_the_stage_params_from_one_definition():
     sft = config.sft_params()
     assert (sft.learning_rate, sft.kl_coef, sft.epochs, sft.objective) == (2e-4, 0.0, config.sft_epochs,
                                                                            "weighted-sft")
+    # a demonstration's reply is the oracle's label (a relabelled turn's action is the policy's): never skipped
+    assert replace(config, skip_noop_turns=True).train_params().skip_noop_turns
+    assert not replace(config, skip_noop_turns=True).sft_params().skip_noop_turns

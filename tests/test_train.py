@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from policy.hardware import resolve_dtype, torch_dtype
-from stages.train import (METRICS_SCHEMA, TRAINING_STATE, TrainParams, action_logprobs, load_policy,
-                          load_train_data, train_stage, train_step)
+from stages.train import (METRICS_SCHEMA, TRAINING_STATE, TrainParams, action_logprobs, episode_batches,
+                          imitated_only, load_policy, load_train_data, train_stage, train_step)
 from stages.weights import WeightsParams, weights_stage
 from storage.parquet import read_table, write_table
 from storage.stages import read_manifest
@@ -120,12 +120,13 @@ def seq_logp(model, row) -> float:
 # ---------------------------------------------------------------------------------------------------------
 # data: real turns / weights Parquet files read back by load_train_data
 # ---------------------------------------------------------------------------------------------------------
-def turn_row(tok, episode_id: str, turn: int, prompt: str, completion: str) -> dict:
+def turn_row(tok, episode_id: str, turn: int, prompt: str, completion: str, page: str = "search",
+             valid: bool = True) -> dict:
     completion_ids = ids_of(tok, completion) if completion else []
-    return {"episode_id": episode_id, "turn": turn, "page": "search", "observation": prompt,
+    return {"episode_id": episode_id, "turn": turn, "page": page, "observation": prompt,
             "prompt_ids": ids_of(tok, prompt), "completion_ids": completion_ids,
             "completion_logprobs": [-1.0] * len(completion_ids), "completion_text": completion,
-            "action": completion, "valid": True}
+            "action": completion, "valid": valid}
 
 
 def write_weights(path: Path, rows: dict[str, tuple[float, float]]) -> Path:
@@ -170,6 +171,32 @@ def test_load_train_data(tmp_path, tok):
     write_weights(tmp_path / "none.parquet", {"ep-q": (1.0, 0.0)})
     with pytest.raises(ValueError, match="no weighted turns"):
         load_train_data(tmp_path / "turns.parquet", tmp_path / "none.parquet")
+
+
+# One episode's turns as the rollout records them (page before the action, validity after it) and which of them
+# changed nothing: an invalid click, and an option re-clicked on the same visit to an item page. The same click
+# after going back to the results (a new visit: the options were reset) and repeated valid clicks on other pages
+# are not no-ops.
+NOOP_EPISODE = [("search", "search[red shirt]", True, False), ("results", "click[b0099]", False, True),
+                ("results", "click[next >]", True, False), ("results", "click[next >]", True, False),
+                ("results", "click[b0012]", True, False), ("item", "click[red]", True, False),
+                ("item", "click[large]", True, False), ("item", "click[red]", True, True),
+                ("item", "click[< prev]", True, False), ("results", "click[b0012]", True, False),
+                ("item", "click[red]", True, False), ("item", "click[red]", True, True),
+                ("item", "click[buy now]", True, False)]
+
+
+def noop_data(tmp_path, tok, weight: float = 2.0):
+    turns = [("ep-n", i, f"{PROMPTS[i % 3]} (turn {i})", action, page, valid)
+             for i, (page, action, valid, _) in enumerate(NOOP_EPISODE)]
+    turns.append(("ep-o", 0, PROMPTS[2], COMPLETIONS[2], "item", True))
+    return make_data(tmp_path, tok, turns, {"ep-n": (weight, 0.5), "ep-o": (1.0, 0.1)})
+
+
+def test_load_train_data_marks_replies_that_changed_nothing(tmp_path, tok):
+    rows = noop_data(tmp_path, tok).to_list()
+    assert [r["noop"] for r in rows if r["episode_id"] == "ep-n"] == [n for *_, n in NOOP_EPISODE]
+    assert [r["noop"] for r in rows if r["episode_id"] == "ep-o"] == [False]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -386,6 +413,45 @@ def test_weight_zero_rows_are_skipped_without_changing_the_step(loaded, tok, tmp
     assert (m["sequences"], m["tokens"], m["grad_norm"]) == (0, 0, 0.0)
     assert all(optimizer.state[p]["step"] == 1 for p in policy.parameters())
     assert all(torch.equal(p, q) for p, q in zip(policy.parameters(), loaded[0].parameters()))
+
+
+def test_skip_noop_turns_drops_their_cross_entropy_only(loaded, tok, tmp_path):
+    """--skip-noop-turns (kl_coef 0): the no-op replies are not run, and the cross-entropy is the full one less
+    exactly their terms, w_e * (-log pi(reply)) / episode_tokens / E; the other turns keep the episode's weight
+    and its normaliser. The apo objective refuses the flag."""
+    data = noop_data(tmp_path, tok)
+    rows = data.to_list()
+    noops = [r for r in rows if r["noop"]]
+    metrics = {}
+    for skip in (False, True):
+        policy = copy.deepcopy(loaded[0])
+        params = TrainParams(kl_coef=0.0, micro_batch_size=4, dtype="float32", skip_noop_turns=skip)
+        optimizer = torch.optim.SGD(policy.parameters(), lr=0.0)
+        metrics[skip] = train_step(policy, loaded[1], data, params, optimizer, policy.config.pad_token_id)
+    assert metrics[True]["sequences"] == metrics[False]["sequences"] - len(noops) == len(rows) - 3
+    dropped = sum(2.0 * -seq_logp(loaded[0], r) / r["episode_tokens"] for r in noops) / 2
+    assert dropped > 0
+    assert metrics[True]["ce"] == pytest.approx(metrics[False]["ce"] - dropped, rel=1e-4)
+    with pytest.raises(ValueError, match="skip-noop-turns applies to weighted-sft"):
+        TrainParams(objective="apo", skip_noop_turns=True).check()
+
+
+def test_without_kl_the_steps_are_cut_from_the_imitated_episodes(tok, tmp_path):
+    """weighted-sft, kl_coef 0: --batch-episodes counts episodes with a row to imitate (weight > 0, and not a
+    no-op under --skip-noop-turns), so no step imitates nothing. With the KL term (every row counts) or apo, or
+    when nothing is imitated, the data stays whole."""
+    turns = [(e, 0, PROMPTS[i % 3], COMPLETIONS[i % 3]) for i, e in enumerate(["ep-a", "ep-b", "ep-c", "ep-d"])]
+    turns.append(("ep-e", 0, PROMPTS[1], "click[b0099]", "results", False))  # imitated, but a no-op
+    weights = {"ep-a": (2.0, 0.5), "ep-b": (0.0, -0.3), "ep-c": (1.0, 0.1), "ep-d": (0.0, -0.2), "ep-e": (1.0, 0.1)}
+    data = make_data(tmp_path, tok, turns, weights)
+    kept = imitated_only(data, TrainParams(kl_coef=0.0, batch_episodes=1))
+    assert kept["episode_id"] == ["ep-a", "ep-c", "ep-e"]
+    assert len(episode_batches(kept["episode_id"], TrainParams(batch_episodes=1), 0)) == 3
+    assert imitated_only(data, TrainParams(kl_coef=0.0, skip_noop_turns=True))["episode_id"] == ["ep-a", "ep-c"]
+    for params in (TrainParams(kl_coef=0.02), TrainParams(objective="apo", kl_coef=0.0)):
+        assert len(imitated_only(data, params)) == len(data) == 5
+    nothing = make_data(tmp_path / "none", tok, turns, {e: (0.0, 0.0) for e in weights})
+    assert len(imitated_only(nothing, TrainParams(kl_coef=0.0))) == 5
 
 
 @pytest.mark.parametrize("high", [0, 1])
