@@ -227,14 +227,20 @@ def imitation_weight(row: dict, params: TrainParams) -> float:
     return 0.0 if params.skip_noop_turns and row["noop"] else row["weight"]
 
 
+def imitation_only(params: TrainParams) -> bool:
+    """weighted-sft without the KL term: a row of imitation weight 0 adds nothing to the loss or the gradient."""
+    return params.objective == "weighted-sft" and params.kl_coef == 0
+
+
 def imitated_only(data, params: TrainParams):
     """weighted-sft without the KL term: only the rows of imitation weight > 0 enter the loss, so the steps are
     cut from the episodes with such a row and --batch-episodes counts imitated episodes. Cut from all of them,
     an iteration that imitates 21 of 128 episodes in steps of 8 would take 16 steps, some imitating nothing yet
     moving the weights by AdamW's momentum. With nothing to imitate, `data` is kept (zero-gradient steps)."""
-    if params.objective != "weighted-sft" or params.kl_coef != 0:
+    if not imitation_only(params):
         return data
-    keep = [i for i, r in enumerate(data.to_list()) if imitation_weight(r, params) != 0.0]
+    keep = [i for i, r in enumerate(data.select_columns(["weight", "noop"]).to_list())
+            if imitation_weight(r, params) != 0.0]
     return data.select(keep) if keep else data
 
 
@@ -242,7 +248,7 @@ def train_step(policy, ref_model, data, params: TrainParams, optimizer, pad_id: 
     """One optimizer step over all rows of `data` (gradient accumulation over micro-batches). `scaler`: the
     stage's loss scaler (float16 only, see `loss_scaler`)."""
     device = next(policy.parameters()).device
-    only_weights = params.objective == "weighted-sft" and params.kl_coef == 0
+    only_weights = imitation_only(params)
     if only_weights:
         ref_model = None  # nothing uses the reference: skip its forward (a third of the step)
     scaler = scaler or loss_scaler(params, device.type)
