@@ -55,14 +55,22 @@ def iteration_flags(args: argparse.Namespace) -> list[str]:
     """What every A*-PO iteration of the benchmark is run with (the warm start has its own flags)."""
     return ["--data", str(args.data), "--output-dir", str(args.output_dir),
             "--max-episode-steps", str(args.max_episode_steps), "--history-turns", str(args.history_turns),
+            "--observation-mode", args.observation_mode,
             "--eval-goals", str(args.eval_goals), "--batch-size", str(args.batch_size),
-            "--v-star-samples", str(args.v_star_samples), "--rollout-samples", str(args.rollout_samples),
+            "--v-star-samples", str(v_star_samples(args)), "--rollout-samples", str(args.rollout_samples),
             "--batch-episodes", str(args.batch_episodes), "--learning-rate", str(args.learning_rate),
             "--eval-frequency", str(args.eval_frequency), "--adv-norm", args.adv_norm,
             "--min-reward", str(args.min_reward), "--kl-coef", str(args.kl_coef),
             "--train-layers", str(args.train_layers),
             "--skip-degenerate" if args.skip_degenerate else "--no-skip-degenerate",
             "--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing"]
+
+
+def v_star_samples(args: argparse.Namespace) -> int:
+    """Reference samples per goal: the apo arm's V* needs several; weighted-SFT's goal-normalised weights not."""
+    if args.v_star_samples is not None:
+        return args.v_star_samples
+    return 4 if "sft+apo" in args.arms.split(",") else 1
 
 
 def weighted_sft_flags(args: argparse.Namespace) -> list[str]:
@@ -274,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", type=Path, default=Path("../shared/webshop"), help="real WebShop data folder")
     ap.add_argument("--output-dir", type=Path, default=Path("storage_root"), help="storage root of the runs")
     ap.add_argument("--prefix", default="learning", help="run names: <prefix>-wsft, -apo, -base, -wsft-seed<s>")
-    ap.add_argument("--arms", default="sft+weighted-sft,sft+apo",
-                    help=f"comma-separated subset of {', '.join(ARMS)}")
+    ap.add_argument("--arms", default="sft+weighted-sft",
+                    help=f"comma-separated subset of {', '.join(ARMS)} (sft+apo adds about 4 hours on 2 cores)")
     ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0],
                     help="comma-separated; the first runs the arms, each other one the weighted-SFT iterations "
                          "again from the same warm start")
@@ -293,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-frequency", type=int, default=1)
     ap.add_argument("--eval-goals", type=int, default=200, help="first N test goals (issue 11: at least 200)")
     ap.add_argument("--batch-size", type=int, default=32, help="training goals per iteration")
-    ap.add_argument("--v-star-samples", type=int, default=4)
+    ap.add_argument("--v-star-samples", type=int, default=None,
+                    help="reference samples per goal; default 4 with the sft+apo arm (its V*), else 1 (under "
+                         "--adv-norm goal V* cancels in the weighted-SFT weights)")
     ap.add_argument("--rollout-samples", type=int, default=4)
     ap.add_argument("--batch-episodes", type=int, default=8,
                     help="episodes per AdamW step of an iteration (without the KL term: imitated episodes)")
@@ -307,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="warm start and iterations train only the top N decoder layers (0: all)")
     ap.add_argument("--max-episode-steps", type=int, default=15, help="upstream's and the peers' cap")
     ap.add_argument("--history-turns", type=int, default=0)
+    ap.add_argument("--observation-mode", default="compact",
+                    help="compact: the prompt about half as long as text's (webshop/pages.py), so every stage "
+                         "about that much faster")
     ap.add_argument("--adv-norm", choices=("batch", "goal"), default="goal")
     ap.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
                     help="off by default: each micro-batch's shared prompt head then runs once (peak 13 GiB "

@@ -10,6 +10,10 @@ then the reply the model gave), and the current turn:
     Page: <the observation>
     Actions: click[back to search], click[< prev], ..., click[red] (selected), ..., click[buy now]
 
+In `compact` observation mode the page itself writes every clickable as its click takes it and marks the
+selected options (webshop/pages.py), so the Actions line only says how to act on it, and the example is
+rendered in that mode too: the page then dominates the prompt less (about half the tokens of `text`).
+
 The turn carries what the agent needs to act and the page does not show: its previous actions, the options it has
 selected (in `text` mode an item page reads the same before and after an option is clicked) and why the last
 action did nothing (an invalid action leaves the page as it was; without that line the next prompt would repeat
@@ -27,16 +31,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from webshop.pages import PageState, page_nodes, render
+
 SYSTEM_PROMPT = """You are a shopping agent on the WebShop website. Each turn you see your instruction, the \
 current page and the actions you can take. Reply with exactly one action: search[keywords] when the page has \
 a search box, or click[button] where button is one of the clickable texts listed. Open a product that matches \
 the instruction, click its matching options, then click[buy now]."""
 
 # The worked example, given as one earlier exchange: the 135M default follows a shown reply, not a description.
-EXAMPLE_TURN = ("Instruction: i need a red cotton t-shirt in size small, and price lower than 30.00 dollars\n"
-                "Previous actions: none\nPage: WebShop [SEP] Instruction: [SEP] i need a red cotton t-shirt in size small, and price "
-                "lower than 30.00 dollars [SEP] Search\nActions: search[...]")
+# Its turn is the search page of this instruction in the prompt's observation mode (`example_turn`).
+EXAMPLE_INSTRUCTION = "i need a red cotton t-shirt in size small, and price lower than 30.00 dollars"
 EXAMPLE_REPLY = "search[red cotton t-shirt small]"
+CLICK_ON_PAGE = "click[...] with a [bracketed] text of the page"
 
 # A reply's action: the first search[...] or click[...]; the argument may not contain brackets or a newline.
 # Lenient about case and a space before the bracket ("Click [x]"), which small models often write.
@@ -64,6 +70,8 @@ class Turn:
     """The episode's actions so far, in order ("" where a reply held no action)."""
     invalid_reason: str | None = None
     """Why the previous action changed nothing; None when it was valid (or on the first turn)."""
+    mode: str = "text"
+    """The observation mode of `observation` (compact pages carry the clickables, so the Actions line does not)."""
 
     @classmethod
     def of(cls, episode) -> Turn:
@@ -71,7 +79,7 @@ class Turn:
         state = episode.state
         return cls(episode.goal.instruction_text, episode.observation(), episode.available_actions(),
                    tuple(state.options.values()) if state.kind == "item" else (), tuple(episode.actions),
-                   episode.invalid_reason)
+                   episode.invalid_reason, episode.mode)
 
 
 def parse_action(reply: str) -> str | None:
@@ -80,11 +88,12 @@ def parse_action(reply: str) -> str | None:
     return None if m is None else f"{m.group(1).lower()}[{m.group(2)}]"
 
 
-def format_actions(available: dict, selected: tuple[str, ...] = ()) -> str:
+def format_actions(available: dict, selected: tuple[str, ...] = (), mode: str = "text") -> str:
     actions = ["search[...]"] if available["has_search_bar"] else []
-    actions += [f"click[{c}]" + (" (selected)" if c in selected else "")
-                for c in available["clickables"] if c != "search"]
-    return ", ".join(actions)
+    clicks = [c for c in available["clickables"] if c != "search"]
+    if mode == "compact":  # the page lists the clicks and marks the selected options
+        return ", ".join(actions + ([CLICK_ON_PAGE] if clicks else []))
+    return ", ".join(actions + [f"click[{c}]" + (" (selected)" if c in selected else "") for c in clicks])
 
 
 def turn_message(turn: Turn) -> str:
@@ -93,13 +102,20 @@ def turn_message(turn: Turn) -> str:
     if turn.invalid_reason:
         last = turn.previous_actions[-1] if turn.previous_actions else ""
         lines.append(f"Last action {last or '(no action)'} did nothing: {turn.invalid_reason}")
-    lines += [f"Page: {turn.observation}", f"Actions: {format_actions(turn.available, turn.selected)}"]
+    lines += [f"Page: {turn.observation}", f"Actions: {format_actions(turn.available, turn.selected, turn.mode)}"]
     return "\n".join(lines)
+
+
+def example_turn(mode: str) -> str:
+    """The worked example's turn: the search page of EXAMPLE_INSTRUCTION, in the given observation mode."""
+    page = render(page_nodes(PageState(), EXAMPLE_INSTRUCTION, None), mode)
+    return turn_message(Turn(EXAMPLE_INSTRUCTION, page, {"has_search_bar": True, "clickables": ["search"]},
+                             mode=mode))
 
 
 def build_messages(turn: Turn, history: list[tuple[str, str]]) -> list[dict]:
     """Chat messages: system, the example, (page, reply) pairs of `history`, then the current turn."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": EXAMPLE_TURN},
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": example_turn(turn.mode)},
                 {"role": "assistant", "content": EXAMPLE_REPLY}]
     for past_observation, reply in history:
         messages += [{"role": "user", "content": f"Page: {past_observation}"},

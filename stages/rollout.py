@@ -41,7 +41,9 @@ class RolloutParams:
     max_episode_steps: int = 15
     """Environment steps before an episode is cut (reward 0)."""
     observation_mode: str = "text"
-    """Page text: text (upstream's [SEP]-joined page) or text_rich (one element a line, clicked ones marked)."""
+    """Page text: text (upstream's [SEP]-joined page), text_rich (one element a line, clicked ones marked) or
+    compact (ours: one element a line, no repeated instruction, clickables in click form; the prompt then lists
+    no actions: about half the prompt tokens, webshop/pages.py)."""
     history_turns: int = 0
     """Previous turns (page and reply) kept in the prompt; the turn itself always lists the previous actions
     (bench/prompts: with them, no oracle prompt is ambiguous at 0, and 2 costs 1.7x the tokens)."""

@@ -321,6 +321,29 @@ def test_results_page_text_rich(real_shop):
                           f"\n[button] {first.asin} [button_]\n{first.title}\n{first.price_text}\n")
 
 
+def test_compact_pages_write_every_clickable_as_its_click_and_mark_the_selected_options(real_shop):
+    """compact (ours): no instruction (the prompt states it), one element a line, each clickable of the page in
+    brackets as its click takes it, so the prompt needs no action list; an item page marks what was clicked."""
+    ep = _episode(real_shop, "compact")
+    instr = ep.goal.instruction_text
+    assert ep.observation() == "WebShop\nSearch"
+    obs = ep.step(f"search[{ep.goal.name}]").observation
+    lines = obs.split("\n")
+    assert instr not in obs and "[SEP]" not in obs
+    assert {c for c in ep.available_actions()["clickables"]} == {line[1:-1] for line in lines if line[0] == "["}
+    first = ep.state.results[0]
+    assert lines[:6] == ["[back to search]", "Page 1 (Total results: 50)", "[next >]", f"[{first.asin.lower()}]",
+                         first.title.strip(), first.price_text]
+    product = next(p for p in ep.state.results[:10] if len(p.options) >= 2)
+    obs = ep.step(f"click[{product.asin.lower()}]").observation
+    clicks = ep.available_actions()["clickables"]
+    assert instr not in obs and {line[1:-1] for line in obs.split("\n") if line[0] == "["} == set(clicks)
+    (group, values), (other, others) = list(product.options.items())[:2]
+    assert "(selected)" not in obs and f"\n{group}\n[{values[0]}]\n" in obs
+    obs = ep.step(f"click[{others[-1]}]").observation
+    assert obs.count("(selected)") == 1 and f"[{others[-1]}] (selected)" in obs.split("\n")
+
+
 def test_item_and_sub_pages(real_shop):
     ep = _episode(real_shop)
     instr = ep.goal.instruction_text

@@ -10,9 +10,8 @@ import string
 import pytest
 from transformers import AutoTokenizer
 
-from policy.prompts import (EXAMPLE_REPLY, EXAMPLE_TURN, SYSTEM_PROMPT, PromptConfig, Turn, encode_prompt,
-                            format_actions,
-                            parse_action, turn_message)
+from policy.prompts import (CLICK_ON_PAGE, EXAMPLE_REPLY, SYSTEM_PROMPT, PromptConfig, Turn, encode_prompt,
+                            example_turn, format_actions, parse_action, turn_message)
 from webshop.env import Episode
 
 NAV = {"back to search", "next >", "< prev", "search"}
@@ -146,7 +145,7 @@ def test_prompt_uses_the_chat_template(tokenizer, episode):
     assert opened.startswith(closed) and len(opened) > len(closed)
     assert text.endswith(opened[len(closed):])
     # system prompt, then the worked example and its reply, then the current turn
-    positions = [text.index(SYSTEM_PROMPT), text.index(EXAMPLE_TURN), text.index(EXAMPLE_REPLY),
+    positions = [text.index(SYSTEM_PROMPT), text.index(example_turn("text")), text.index(EXAMPLE_REPLY),
                  text.index(f"Instruction: {instruction}"), text.index(f"Page: {obs}")]
     assert positions == sorted(positions)
     clicks = [c for c in available["clickables"] if c != "search"]
@@ -296,6 +295,25 @@ def test_turn_lists_actions_marks_selected_options_and_says_why_an_action_did_no
     assert ep.step("click[< prev]").info["valid"] and "did nothing" not in turn_message(Turn.of(ep))
 
 
+def test_compact_turns_leave_the_actions_to_the_page(tokenizer, generated_shop):
+    """compact: the page lists the clicks and marks the selections, so the Actions line is one fixed hint, the
+    example is a compact page too, and the prompt is shorter than text's on the same state."""
+    ep, text = Episode(generated_shop, option_goal(generated_shop), "compact", 100), None
+    assert "[SEP]" not in example_turn("compact") and example_turn("compact").endswith("Actions: search[...]")
+    for action in (f"search[{ep.goal.instruction_without_price}]", f"click[{ep.goal.asin.lower()}]"):
+        assert ep.step(action).info["valid"]
+        text = Episode(generated_shop, ep.goal_idx, "text", 100)
+        for a in ep.actions:
+            text.step(a)
+        turn = Turn.of(ep)
+        assert turn.mode == "compact" and turn_message(turn).endswith(f"\nActions: {CLICK_ON_PAGE}")
+        compact_ids, text_ids = (encode_prompt(tokenizer, Turn.of(e), [], PromptConfig()) for e in (ep, text))
+        assert len(compact_ids) < len(text_ids)
+    value = next(iter(ep.product.options.values()))[0]
+    assert ep.step(f"click[{value}]").info["valid"]
+    assert f"\n[{value}] (selected)\n" in turn_message(Turn.of(ep))
+
+
 def test_consecutive_prompts_of_an_episode_share_everything_before_the_page(tokenizer, generated_shop):
     """Stable prefix: what repeats (system text, example, instruction, the growing action list) comes before the
     page, so each turn's prompt starts with the previous turn's prompt up to the end of its action list."""
@@ -312,11 +330,13 @@ def test_consecutive_prompts_of_an_episode_share_everything_before_the_page(toke
         assert later.startswith(head)
 
 
-def test_oracle_demonstrations_are_learnable_on_every_training_goal(real_shop, embedded_model):
-    """Over the oracle's episodes on all training goals, no two identical prompts (default settings) carry
-    different oracle actions; the page alone (the prompt before the turn carried state) does: an item page
-    reads the same before and after an option is clicked. And every oracle action fits the default reply budget
-    (with 48 tokens, 14% of the searches could not be finished by the policy that learned them)."""
+@pytest.mark.parametrize("mode", ["text", "compact"])
+def test_oracle_demonstrations_are_learnable_on_every_training_goal(real_shop, embedded_model, mode):
+    """Over the oracle's episodes on all training goals, no two identical prompts (default settings, and the
+    compact page) carry different oracle actions; in text mode the page alone (the prompt before the turn
+    carried state) does: an item page reads the same before and after an option is clicked. And every oracle
+    action fits the default reply budget (with 48 tokens, 14% of the searches could not be finished by the
+    policy that learned them)."""
     from dataclasses import replace
 
     from transformers import AutoTokenizer
@@ -330,7 +350,7 @@ def test_oracle_demonstrations_are_learnable_on_every_training_goal(real_shop, e
     assert (params.observation_mode, params.history_turns) == ("text", 0)
     goals = list(real_shop.goals.split("train"))
     assert len(goals) == 5410
-    env = BatchEnv(real_shop, params.observation_mode, params.max_episode_steps)
+    env = BatchEnv(real_shop, mode, params.max_episode_steps)
     env.reset(goals)
     memories = [{} for _ in goals]
     tokenizer = AutoTokenizer.from_pretrained(embedded_model)
@@ -354,5 +374,5 @@ def test_oracle_demonstrations_are_learnable_on_every_training_goal(real_shop, e
     assert params.max_new_tokens >= action_tokens[longest], longest
     assert sum(n > 48 for n in action_tokens.values()) > 100  # the old default's budget was too short
     assert not conflicts_with_state, conflicts_with_state[:3]
-    assert conflicts_page_only > 1000
+    assert conflicts_page_only > 1000 if mode == "text" else conflicts_page_only == 0  # compact marks selections
     assert sum(e.state.reward == 1.0 for e in env.episodes) > 0.9 * len(goals)

@@ -16,7 +16,7 @@ from webshop.pages import (BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE, SUB_PA
 from webshop.reward import get_reward
 from webshop.search import SearchEngine
 
-OBSERVATION_MODES = ("text", "text_rich")
+OBSERVATION_MODES = ("text", "text_rich", "compact")  # webshop/pages.py: upstream's two, then ours
 DEFAULT_MAX_STEPS = 15
 # Upstream `parse_action`: greedy, anchored at the start only, so `search[a [b] c]` parses as name `search[a `.
 _ACTION = re.compile(r"(.+)\[(.+)\]")
@@ -95,7 +95,7 @@ class Episode:
     def observation(self) -> str:
         nodes = page_nodes(self.state, self.goal.instruction_text, self.product, self.shop.show_attrs)
         url = item_url(self.session_id, self.state) if self.state.kind == "item" else ""
-        return render(nodes, self.mode, url, self.state.visited)
+        return render(nodes, self.mode, url, self.state.visited, self.state.options.values())
 
     def available_actions(self) -> dict:
         """{'has_search_bar': bool, 'clickables': [...]} in upstream's order."""

@@ -5,6 +5,11 @@ style/script/head/title/meta and comments). We skip the HTML: each page is the l
 would find, with the element that holds each one (`Node.role`), which is all the two text modes need:
 
   text       ' [SEP] '.join(node.strip())
+  compact    ours, not upstream's (a shorter prompt for a small agent): one node a line, without the instruction
+             (the prompt states it once), every clickable written as its click takes it, `[b09nd8p2qr]`,
+             `[buy now]`, `[large]`, a selected option `[large] (selected)` (from the session's options, not the URL:
+             text_rich misses a value holding a quote);
+             the search page's Search button stays plain text (it is typed into with search[...], not clicked)
   text_rich  one line per node: buttons `[button] t [button_]`; option labels `  [button] t [button_]`, or
              `  [clicked button] t [clicked button_]` with "You have clicked t.\n" prepended when '"t"' occurs in
              the item-page URL; product links `\n[button] ASIN [button_]`, or
@@ -16,7 +21,7 @@ gives '\n' (dropped) if it holds a newline and ' ' otherwise, anything else is k
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -30,7 +35,8 @@ SUB_PAGES = ("Description", "Features", "Reviews", "Attributes")
 
 class Node(NamedTuple):
     text: str
-    role: str  # "text" | "button" | "label" | "link"
+    role: str  # "text" | "instruction" (the goal's text and its label; compact leaves them out) | "button"
+    #            | "label" | "link"
 
 
 @dataclass
@@ -72,14 +78,14 @@ def _sub_page_buttons(show_attrs: bool) -> tuple[str, ...]:
 
 
 def _header(instruction: str) -> list[Node]:
-    return _nodes(Node("Instruction:", "text"), _text(instruction), Node(BACK_TO_SEARCH, "button"))
+    return _nodes(Node("Instruction:", "instruction"), _text(instruction, "instruction"), Node(BACK_TO_SEARCH, "button"))
 
 
 def page_nodes(state: PageState, instruction: str, product: Product | None, show_attrs: bool = False) -> list[Node]:
     """The visible text nodes of the current page, in document order."""
     if state.kind == "search":
-        return _nodes(Node("WebShop", "text"), Node("Instruction: ", "text"), _text(instruction),
-                      Node("Search", "button"))
+        return _nodes(Node("WebShop", "text"), Node("Instruction: ", "instruction"),
+                      _text(instruction, "instruction"), Node("Search", "button"))
     if state.kind == "results":
         total = len(state.results)
         nodes = _header(instruction) + [Node(f"Page {state.page} (Total results: {total})", "text")]
@@ -135,11 +141,14 @@ def item_url(session_id: str, state: PageState) -> str:
             f"{state.page}/{json.dumps(state.options)}")
 
 
-def render(nodes: list[Node], mode: str, url: str = "", visited: set[str] = frozenset()) -> str:
+def render(nodes: list[Node], mode: str, url: str = "", visited: set[str] = frozenset(),
+           selected: Collection[str] = ()) -> str:
     if mode == "text":
         return " [SEP] ".join(n.text.strip() for n in nodes)
+    if mode == "compact":
+        return _compact(nodes, selected)
     if mode != "text_rich":
-        raise ValueError(f"observation mode {mode!r} is not one of text, text_rich")
+        raise ValueError(f"observation mode {mode!r} is not one of text, text_rich, compact")
     lines, clicked = [], []
     for t, role in nodes:
         if role == "button":
@@ -155,6 +164,21 @@ def render(nodes: list[Node], mode: str, url: str = "", visited: set[str] = froz
         else:
             lines.append(t)
     return "".join(reversed(clicked)) + "".join(line + "\n" for line in lines)
+
+
+def _compact(nodes: list[Node], selected: Collection[str]) -> str:
+    lines = []
+    for t, role in nodes:
+        t = t.strip()
+        if role == "instruction":
+            continue
+        if role == "label":
+            lines.append(f"[{t}] (selected)" if t in selected else f"[{t}]")
+        elif role == "link" or (role == "button" and t != "Search"):
+            lines.append(f"[{t.lower()}]")
+        else:
+            lines.append(t)
+    return "\n".join(lines)
 
 
 def clickables(state: PageState, product: Product | None, show_attrs: bool = False) -> dict[str, tuple]:
