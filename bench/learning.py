@@ -2,7 +2,7 @@
 
 Run (every stage is cached, so a re-run resumes where it stopped):
     make bench-learning        # = .venv/bin/python -m bench.learning --data ../shared/webshop
-    .venv/bin/python -m bench.learning [--arms sft+weighted-sft,sft+apo] [--seeds 0,1] [--num-steps 1]
+    .venv/bin/python -m bench.learning [--arms sft+weighted-sft,sft+apo] [--seeds 0,1,2] [--num-steps 1]
                                        [--sft-demos 130] [--eval-goals 200] [--out bench/results/learning.json]
 
 On the real 1,000-product catalogue with upstream's synthetic goals: training goals come from the train split,
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prefix", default="learning", help="run names: <prefix>-wsft, -apo, -base, -wsft-seed<s>")
     ap.add_argument("--arms", default="sft+weighted-sft",
                     help=f"comma-separated subset of {', '.join(ARMS)} (sft+apo adds about 4 hours on 2 cores)")
-    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0],
+    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1],
                     help="comma-separated; the first runs the arms, each other one the weighted-SFT iterations "
                          "again from the same warm start")
     ap.add_argument("--sft-demos", type=int, default=130,

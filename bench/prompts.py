@@ -16,7 +16,8 @@ variant; each turn's prompt is built exactly as the rollout builds it (`policy.p
     most vLLM's prefix cache can skip for an episode stepped alone.
 Variants: "page only" is the prompt before the turn carried state (no previous actions, no selected options,
 no reason for an invalid action), with history 0 (the learning benchmark's setting) and 2 (the old default);
-"state" is the current prompt in `text` and `text_rich` observation modes, with history 0 and 2.
+"state" is the current prompt in `text` and `text_rich` observation modes, with history 0 and 2, and in our
+`compact` mode (the page lists the clicks; the prompt no action list) with history 0.
 
 It prints a markdown table and writes the numbers, the machine and the command to the JSON file (about 3
 minutes on 2 cores with the real 1,000-product data).
@@ -42,6 +43,7 @@ VARIANTS = [  # (name, observation mode, history turns, the turn carries state)
     ("state, text, history 0", "text", 0, True),
     ("state, text, history 2", "text", 2, True),
     ("state, text_rich, history 0", "text_rich", 0, True),
+    ("state, compact, history 0", "compact", 0, True),
 ]
 
 
