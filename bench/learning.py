@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prefix", default="learning", help="run names: <prefix>-wsft, -apo, -base, -wsft-seed<s>")
     ap.add_argument("--arms", default="sft+weighted-sft",
                     help=f"comma-separated subset of {', '.join(ARMS)} (sft+apo adds about 4 hours on 2 cores)")
-    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1],
+    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0],
                     help="comma-separated; the first runs the arms, each other one the weighted-SFT iterations "
                          "again from the same warm start")
     ap.add_argument("--sft-demos", type=int, default=130,

@@ -46,7 +46,7 @@ from policy.engines import make_engine, vllm_cache_dir
 from policy.models import resolve_model
 from stages.evaluate import eval_stage, merge_eval
 from stages.report import eval_row, iteration_metrics, plot_curves, reported_eval_row, sample_episodes_markdown
-from stages.rollout import episode_requests, reference_samples, rollout_stage
+from stages.rollout import check_prompt_format, episode_requests, reference_samples, rollout_stage
 from stages.shards import merge_stage, split_requests
 from stages.sft import demos_stage, relabel_stage, sft_stage
 from stages.train import check_train_layers, train_stage
@@ -279,9 +279,11 @@ ENGINE_LOADS: list[str] = []  # checkpoints loaded into an engine by this proces
 
 
 def engine_for(config: Config):
-    """The sampling stages' engine factory: the loaded engine when it holds `checkpoint`, else a new one."""
+    """The sampling stages' engine factory: the loaded engine when it holds `checkpoint`, else a new one (not for
+    prompts of another format than the checkpoint learned)."""
     def factory(checkpoint: str):
         if _ENGINE.get("checkpoint") != str(checkpoint):
+            check_prompt_format(checkpoint, config.rollout_params())
             release_engine()
             ENGINE_LOADS.append(str(checkpoint))
             log.info("engine %s: loading %s", config.engine, checkpoint)
@@ -322,7 +324,8 @@ def run_sft(config: Config, from_stage: str | None = None) -> str | None:
         noise=NoisyOracle(config.sft_demo_noise, config.seed) if config.sft_demo_noise else None))
     release_engine()
     return str(_stage("sft", from_stage, lambda force, cached_only: sft_stage(
-        base, demos, config.sft_params(), run=run, root=root, force=force, cached_only=cached_only)))
+        base, demos, config.sft_params(), run=run, root=root, force=force, cached_only=cached_only,
+        prompt=config.rollout_params().prompt_format())))
 
 
 def reference_block(config: Config, iteration: int) -> dict[int, int]:
@@ -440,7 +443,7 @@ def run_train(config: Config, iteration: int, weights: str, rollout: str, from_s
     return str(_stage("train", from_stage, lambda force, cached_only: train_stage(
         policy_checkpoint(config, iteration), reference_model(config), Path(weights), Path(rollout),
         config.train_params(), run=config.run, iteration=iteration, root=config.output_dir, force=force,
-        cached_only=cached_only)))
+        cached_only=cached_only, prompt=config.rollout_params().prompt_format())))
 
 
 def eval_due(config: Config, iteration: int) -> bool:
@@ -473,7 +476,8 @@ def relabel_checkpoint(config: Config, count: int, checkpoint: str | None = None
     if not summary["turns"]:
         raise ValueError(f"{path} never reached a goal's item page on {count} training goals: no turn for the "
                          "oracle to label, nothing to train on")
-    trained = sft_stage(path, folder, config.sft_params(), run=config.run, root=config.output_dir)
+    trained = sft_stage(path, folder, config.sft_params(), run=config.run, root=config.output_dir,
+                        prompt=config.rollout_params().prompt_format())
     return {"relabel": str(folder), "labelled_turns": summary["turns"], "mean_reward": summary["mean_reward"],
             "sft": str(trained), "checkpoint": str(Path(trained) / "checkpoint")}
 

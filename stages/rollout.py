@@ -9,9 +9,11 @@ Nothing here knows about Prefect; the stage functions take plain values and retu
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -60,6 +62,28 @@ class RolloutParams:
 
     def prompt(self) -> PromptConfig:
         return PromptConfig(self.history_turns, self.max_prompt_tokens)
+
+    def prompt_format(self) -> dict:
+        """What a policy trained on these prompts has learned to read (recorded in its checkpoint)."""
+        return {"observation_mode": self.observation_mode, "history_turns": self.history_turns}
+
+
+PROMPT_RECORD = "prompt.json"  # in a checkpoint: the prompt format of the data it was trained on
+
+
+def check_prompt_format(checkpoint, params: RolloutParams) -> None:
+    """Refuse to sample from a checkpoint with prompts of another format than it was trained on (a policy trained
+    on compact pages reads text pages as noise): one line naming both and the flags that match. A checkpoint
+    without the record (a base model, a Hugging Face folder) is not checked."""
+    path = Path(checkpoint) / PROMPT_RECORD
+    if not path.is_file():
+        return
+    trained, asked = json.loads(path.read_text(encoding="utf-8")), params.prompt_format()
+    if trained != asked:
+        raise ValueError(f"{checkpoint} was trained on {trained['observation_mode']} prompts with history "
+                         f"{trained['history_turns']}, not {asked['observation_mode']} with history "
+                         f"{asked['history_turns']}: pass --observation-mode {trained['observation_mode']} "
+                         f"--history-turns {trained['history_turns']}")
 
 
 @dataclass

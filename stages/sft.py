@@ -82,7 +82,8 @@ def relabel_stage(engine_factory, shop, goals: list[int], params: RolloutParams,
 
 
 def sft_stage(model: Path, demos: Path, params: TrainParams, *, run: str, root=None, force: bool = False,
-              cached_only: bool = False) -> Path:
-    """Supervised training of `model` on the demonstrations in `demos`; returns the folder (checkpoint/)."""
+              cached_only: bool = False, prompt: dict | None = None) -> Path:
+    """Supervised training of `model` on the demonstrations in `demos` (prompts of format `prompt`); returns the
+    folder (checkpoint/)."""
     return train_stage(model, model, demos, demos, params, run=run, iteration=None, root=root, stage="sft",
-                       force=force, cached_only=cached_only)
+                       force=force, cached_only=cached_only, prompt=prompt)

@@ -23,6 +23,7 @@ config).
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import resource
@@ -44,6 +45,7 @@ from policy.hardware import DTYPES, resolve_dtype, torch_dtype
 from storage.faults import fault_point
 from storage.layout import root_relative
 from storage.parquet import write_table
+from stages.rollout import PROMPT_RECORD
 from storage.stages import code_version, reuse_done, stage_dir, stage_key, stage_output
 
 log = logging.getLogger(__name__)
@@ -423,10 +425,13 @@ def freeze_below(policy, train_layers: int) -> None:
 
 
 def save_checkpoint(policy, optimizer, step: int, source: Path, reference: str, params: TrainParams,
-                    out: Path, stage: str = "train") -> None:
-    """The checkpoint folder: model, tokenizer, and training_state.pt (step, optimizer, RNG, `reference` as
-    `root_relative` stores it, objective, params, stage)."""
+                    out: Path, stage: str = "train", prompt: dict | None = None) -> None:
+    """The checkpoint folder: model, tokenizer, training_state.pt (step, optimizer, RNG, `reference` as
+    `root_relative` stores it, objective, params, stage) and, when given, the prompt format of the data
+    (stages.rollout.PROMPT_RECORD: sampling with another is refused)."""
     policy.save_pretrained(out)
+    if prompt is not None:
+        (out / PROMPT_RECORD).write_text(json.dumps(prompt, sort_keys=True) + "\n", encoding="utf-8")
     for name in TOKENIZER_FILES:
         if (Path(source) / name).is_file():
             shutil.copy(Path(source) / name, out / name)
@@ -555,11 +560,12 @@ def _rank_main(rank: int, world: int, address: str, threads: int, checkpoint: Pa
 
 def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_dir: Path, params: TrainParams, *,
                 run: str, iteration: int | None, root=None, stage: str = "train", force: bool = False,
-                cached_only: bool = False, progress: bool = True) -> Path:
+                cached_only: bool = False, progress: bool = True, prompt: dict | None = None) -> Path:
     """Run (or reuse) one training stage; returns its folder (checkpoint/, train_metrics.parquet).
 
     `stage` is "train" (an iteration's update) or "sft" (the warm start on demonstrations, iteration None);
-    `force` recomputes a done stage."""
+    `force` recomputes a done stage; `prompt`, the prompt format of the rollout's turns
+    (RolloutParams.prompt_format), is recorded in the checkpoint."""
     params.check()
     params = replace(params, dtype=resolve_dtype(params.dtype))  # the key names the dtype that really ran
     inputs = {"checkpoint": root_relative(checkpoint, root), "reference": root_relative(reference, root),
@@ -581,6 +587,6 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
                 "inputs": inputs, "summary": {"step": step, "steps": len(metrics), **metrics[-1], **totals(metrics)}}
     with stage_output(folder, manifest) as tmp:
         save_checkpoint(policy, optimizer, step, Path(checkpoint), inputs["reference"], params, tmp / "checkpoint",
-                        stage)
+                        stage, prompt)
         write_table(pa.Table.from_pylist(metrics, schema=METRICS_SCHEMA), tmp / "train_metrics.parquet")
     return folder

@@ -319,6 +319,27 @@ def _cli_flags(config: Config) -> list[str]:
     return [a for k in keep for a in ("--" + k.replace("_", "-"), str(getattr(config, k)))]
 
 
+def test_a_checkpoint_is_sampled_only_with_the_prompt_format_it_learned(first, warm, config, capsys):
+    """Its train stage records the prompt format of its data in the checkpoint (the warm start's too); an
+    evaluation with another observation mode stops with one line, before an engine loads it."""
+    from apo.cli import main
+    from stages import pipeline
+    from stages.rollout import PROMPT_RECORD
+
+    checkpoint = Path(first["checkpoint"])
+    assert json.loads((checkpoint / PROMPT_RECORD).read_text()) == {"observation_mode": "text", "history_turns": 1}
+    warm_config, records = warm
+    assert json.loads((Path(records[0]["sft"]) / "checkpoint" / PROMPT_RECORD).read_text()) == \
+        {"observation_mode": "text", "history_turns": 0}
+    loads = len(pipeline.ENGINE_LOADS)
+    flags = [a if a != config.run else "t-compact" for a in _cli_flags(config)]
+    assert main(["eval", *flags, "--checkpoint", str(checkpoint), "--observation-mode", "compact"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"apo eval: error: {checkpoint} was trained on text prompts with history 1, not compact with history 1: "
+        "pass --observation-mode text --history-turns 1")
+    assert len(pipeline.ENGINE_LOADS) == loads
+
+
 def test_apo_eval_scores_any_checkpoint_on_a_goal_range(first, config, capsys):
     """`apo eval`: the run's iteration 1 on test goals 2:5, greedy by default; one JSON line whose numbers are
     those of the episodes it wrote; the same call again reuses them; a sampled evaluation is another one."""
