@@ -41,6 +41,6 @@ bench: setup
 	$(PY) -m bench.train
 	$(PY) -m bench.iteration
 
-# The learning curve on the real WebShop data (about an hour on 2 cores; cached stages make a re-run resume).
+# The learning curve on the real WebShop data (about 3 h 20 min on 2 cores by its measured stages; cached stages make a re-run resume).
 bench-learning: setup
 	$(PY) -m bench.learning --data ../shared/webshop

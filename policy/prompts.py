@@ -12,7 +12,8 @@ then the reply the model gave), and the current turn:
 
 In `compact` observation mode the page itself writes every clickable as its click takes it and marks the
 selected options (webshop/pages.py), so the Actions line only says how to act on it, and the example is
-rendered in that mode too: the page then dominates the prompt less (about half the tokens of `text`).
+rendered in that mode too: a third fewer tokens than `text`, but the 135M model learned less from it (README,
+"The compact prompt": it re-clicks the option it has just selected).
 
 The turn carries what the agent needs to act and the page does not show: its previous actions, the options it has
 selected (in `text` mode an item page reads the same before and after an option is clicked) and why the last

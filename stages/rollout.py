@@ -45,7 +45,7 @@ class RolloutParams:
     observation_mode: str = "text"
     """Page text: text (upstream's [SEP]-joined page), text_rich (one element a line, clicked ones marked) or
     compact (ours: one element a line, no repeated instruction, clickables in click form; the prompt then lists
-    no actions: about half the prompt tokens, webshop/pages.py)."""
+    no actions: a third fewer prompt tokens, but a weaker warm start on this model, README)."""
     history_turns: int = 0
     """Previous turns (page and reply) kept in the prompt; the turn itself always lists the previous actions
     (bench/prompts: with them, no oracle prompt is ambiguous at 0, and 2 costs 1.7x the tokens)."""

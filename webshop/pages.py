@@ -78,7 +78,8 @@ def _sub_page_buttons(show_attrs: bool) -> tuple[str, ...]:
 
 
 def _header(instruction: str) -> list[Node]:
-    return _nodes(Node("Instruction:", "instruction"), _text(instruction, "instruction"), Node(BACK_TO_SEARCH, "button"))
+    return _nodes(Node("Instruction:", "instruction"), _text(instruction, "instruction"),
+                  Node(BACK_TO_SEARCH, "button"))
 
 
 def page_nodes(state: PageState, instruction: str, product: Product | None, show_attrs: bool = False) -> list[Node]:
