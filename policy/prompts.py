@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from webshop.pages import PageState, page_nodes, render
 
@@ -107,6 +108,7 @@ def turn_message(turn: Turn) -> str:
     return "\n".join(lines)
 
 
+@lru_cache(maxsize=None)  # the same for every prompt of a mode; build_messages asks for it on every turn
 def example_turn(mode: str) -> str:
     """The worked example's turn: the search page of EXAMPLE_INSTRUCTION, in the given observation mode."""
     page = render(page_nodes(PageState(), EXAMPLE_INSTRUCTION, None), mode)
