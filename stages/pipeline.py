@@ -61,9 +61,12 @@ from webshop.policies import NoisyOracle
 log = logging.getLogger(__name__)
 STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")  # from_stage forces a stage and those after
 # Fields a run is defined by: changing one of them mid-run would mix incomparable iterations. The warm start's are
-# among them: a run that shares another's reference (--reference-run) must share its warm start too.
+# among them: a run that shares another's reference (--reference-run) must share its warm start too. So is the
+# prompt format (observation mode, history turns): a run resumed in another one would evaluate and train its
+# checkpoints on prompts they never saw, next to iterations recorded in the old one.
 RUN_IDENTITY = ("model", "data", "num_products", "goal_kind", "seed", "batch_size",
-                "sft_demos", "sft_epochs", "sft_learning_rate", "sft_batch_episodes", "sft_demo_noise")
+                "sft_demos", "sft_epochs", "sft_learning_rate", "sft_batch_episodes", "sft_demo_noise",
+                "observation_mode", "history_turns")
 
 
 # --- the run ------------------------------------------------------------------------------------------------

@@ -126,11 +126,14 @@ def test_from_stage_needs_the_earlier_stages_cached(prefect, config):
         apo(other, 1, "train")
 
 
-def test_run_identity_cannot_change(first, config):
+@pytest.mark.parametrize("change", [{"batch_size": 2}, {"observation_mode": "compact"}, {"history_turns": 3}])
+def test_run_identity_cannot_change(first, config, change):
     from flows.apo import apo
 
-    with pytest.raises(ValueError, match="was started with"):
-        apo(replace(config, batch_size=2), 2)
+    # The prompt format too: a run resumed in another would pair its recorded iterations with the new format's.
+    field = next(iter(change))
+    with pytest.raises(ValueError, match=f"was started with {field}="):
+        apo(replace(config, **change), 2)
 
 
 # ---------------------------------------------------------------------------------------------------------
