@@ -68,6 +68,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from bench import write_json  # noqa: E402
 from webshop import reward as reward_mod  # noqa: E402
 from webshop.catalogue import (ATTR_FILES, PROCESSED_FILE, Catalogue, Product, _human,  # noqa: E402
                                load_dir)
@@ -558,8 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                args.html_stride, args.wait_generate))
     res["total_seconds"] = round(time.perf_counter() - started, 1)
     res["table"] = table(res)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+    write_json(args.out, res)
     print(res["table"])
     print(f"\n{res['total_seconds']} s; JSON: {args.out}")
     return res

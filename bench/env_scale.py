@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import write_json
+
 GOALS = {"first_load_s": 600, "peak_rss_gib": 8, "reload_s": 30, "search_p50_ms": 20, "search_p99_ms": 100,
          "steps_per_s": 1000}
 UPSTREAM = {"first_load_s": "~600 (Pyserini, full set)", "peak_rss_gib": "~15 (AgentBench#32)",
@@ -169,8 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
            "results": results, "goals": GOALS, "upstream_published": UPSTREAM,
            "total_seconds": round(time.perf_counter() - started, 1)}
     res["table"] = table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, res)
     print(res["table"])
     print(f"\n{res['total_seconds']} s; JSON: {args.out}")
     return res

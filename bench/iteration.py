@@ -47,6 +47,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from bench import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "479c5fa"  # the last commit before the speed work (issue 15)
 PHASES = ("engine start", "prefill", "decode", "generate", "environment", "weights SQL", "training",
@@ -88,9 +90,7 @@ class Clock:
         setattr(owner, name, timed)
 
     def dump(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"phases": self.totals, "counts": self.counts, "open": self.open}))
-        tmp.replace(self.path)
+        write_json(self.path, {"phases": self.totals, "counts": self.counts, "open": self.open})
 
 
 def vllm_counters(llm) -> dict[str, float]:
@@ -409,10 +409,7 @@ def main(argv=None) -> None:
         print(f"new checkpoint in a running vLLM: reload in place {s['reload_s']:.1f} s (max logprob error "
               f"{s['reload_max_logprob_error']:.3f}), restart {s['restart_s']:.1f} s "
               f"(error {s['restart_max_logprob_error']:.4f})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.out)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -48,6 +48,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench import write_json
+
 ARMS = ("base", "sft+weighted-sft", "sft+apo", "sft+relabel")
 
 
@@ -377,8 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
                       result["baselines"], title=f"WebShop (1,000 products), greedy on test goals 0-"
                                                  f"{args.eval_goals - 1}, max {args.max_episode_steps} steps")
     result["png"] = str(png)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    write_json(args.out, result)
     print(table(result))
     for arm, s in result["arms"].items():
         print(f"{arm}: {s['wall_s']:.0f} s wall in this invocation (cached stages are not re-run); "

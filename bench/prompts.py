@@ -32,6 +32,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+from bench import write_json
 from policy.hardware import describe_machine
 from policy.prompts import PromptConfig, Turn, build_messages, encode_prompt
 from webshop.env import BatchEnv, Shop
@@ -137,11 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"command": "python -m bench.prompts " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": describe_machine("cpu"), "catalogue": shop.catalogue.name, "goals": len(goals),
               "token_goals": min(args.token_goals, len(goals)), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    write_json(args.out, result)
     return result
 
 

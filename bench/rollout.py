@@ -104,6 +104,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from bench import write_json
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "webshop"
 REPO = Path(__file__).resolve().parents[1]
 ENGINE_NAMES = ("hf", "vllm")
@@ -726,8 +728,7 @@ def main(argv: list[str] | None = None) -> dict:
     shop = next((e["shop"] for e in res["engines"].values() if "shop" in e), None)
     res["shop"] = shop
     res["table"] = table(res)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+    write_json(args.out, res)
     if shop:
         print(f"{shop['data_source']}: catalogue {shop['catalogue']} ({shop['products']:,} products), "
               f"{args.goals} goals ({shop['goal_indices_from']}) x {args.samples} samples, "

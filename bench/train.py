@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import write_json
+
 GOAL_MIB = 6 * 1024
 IMPLS = ("plain", "ours", "ours-unshared", "ours+ckpt", "ours+top")
 MODELS = ("smollm2-135m", "smollm2-135m-random", "qwen2.5-1.5b-random", "tiny-random")
@@ -198,14 +200,13 @@ def main() -> None:
         print(f"| {impl} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
               f"{r[memory]:,.0f} | {base[memory] / r[memory]:.2f}x less | "
               f"{'yes' if r[memory] < GOAL_MIB else 'no'} | {r['last_loss']:.4f} |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({
+    write_json(args.out, {
         "command": " ".join(sys.argv), "machine": {"python": platform.python_version(),
                                                    "cpu": describe_machine("cpu"), "gpu": base.get("gpu"),
                                                    "dtype": resolve_dtype("auto", args.device)},
         "shape": dict(zip(("sequences", "seq_len", "action_tokens", "steps", "micro_batch_size", "home", "model",
                            "device", "train_layers", "shared_prefix"), shape)),
-        "results": results}, indent=2))
+        "results": results})
 
 if __name__ == "__main__":
     main()
