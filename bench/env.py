@@ -68,7 +68,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bench import write_json  # noqa: E402
+from storage.files import write_json  # noqa: E402
 from webshop import reward as reward_mod  # noqa: E402
 from webshop.catalogue import (ATTR_FILES, PROCESSED_FILE, Catalogue, Product, _human,  # noqa: E402
                                load_dir)

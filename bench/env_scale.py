@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import write_json
+from storage.files import write_json
 
 GOALS = {"first_load_s": 600, "peak_rss_gib": 8, "reload_s": 30, "search_p50_ms": 20, "search_p99_ms": 100,
          "steps_per_s": 1000}

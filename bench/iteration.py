@@ -47,7 +47,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench import write_json
+from storage.files import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "479c5fa"  # the last commit before the speed work (issue 15)

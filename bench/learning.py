@@ -48,7 +48,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import write_json
+from storage.files import write_json
 
 ARMS = ("base", "sft+weighted-sft", "sft+apo", "sft+relabel")
 

@@ -32,7 +32,7 @@ from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from bench import write_json
+from storage.files import write_json
 from policy.hardware import describe_machine
 from policy.prompts import PromptConfig, Turn, build_messages, encode_prompt
 from webshop.env import BatchEnv, Shop

@@ -104,7 +104,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from bench import write_json
+from storage.files import write_json
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "webshop"
 REPO = Path(__file__).resolve().parents[1]

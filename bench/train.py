@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import write_json
+from storage.files import write_json
 
 GOAL_MIB = 6 * 1024
 IMPLS = ("plain", "ours", "ours-unshared", "ours+ckpt", "ours+top")

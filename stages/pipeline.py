@@ -53,6 +53,7 @@ from stages.train import check_train_layers, train_stage
 from stages.weights import weights_stage
 from storage import remote
 from storage.faults import fault_point
+from storage.files import write_json
 from storage.layout import from_root, record_as_read, record_to_store, root_relative, storage_root, writable_root
 from storage.locks import writer_lock
 from storage.stages import MANIFEST, read_manifest
@@ -62,11 +63,10 @@ log = logging.getLogger(__name__)
 STAGES = ("sft", "reference", "rollout", "weights", "train", "eval")  # from_stage forces a stage and those after
 # Fields a run is defined by: changing one of them mid-run would mix incomparable iterations. The warm start's are
 # among them: a run that shares another's reference (--reference-run) must share its warm start too. So is the
-# prompt format (observation mode, history turns): a run resumed in another one would evaluate and train its
-# checkpoints on prompts they never saw, next to iterations recorded in the old one.
+# prompt format (observation mode, history turns; run_identity adds it): a run resumed in another one would
+# evaluate and train its checkpoints on prompts they never saw, next to iterations recorded in the old one.
 RUN_IDENTITY = ("model", "data", "num_products", "goal_kind", "seed", "batch_size",
-                "sft_demos", "sft_epochs", "sft_learning_rate", "sft_batch_episodes", "sft_demo_noise",
-                "observation_mode", "history_turns")
+                "sft_demos", "sft_epochs", "sft_learning_rate", "sft_batch_episodes", "sft_demo_noise")
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -76,7 +76,8 @@ def run_dir(config: Config) -> Path:
 
 
 def run_identity(config: Config) -> dict:
-    return {k: getattr(config, k) for k in RUN_IDENTITY}
+    """RUN_IDENTITY's fields and the prompt format (the one a checkpoint records, RolloutParams.prompt_format)."""
+    return {**{k: getattr(config, k) for k in RUN_IDENTITY}, **config.rollout_params().prompt_format()}
 
 
 def run_writer(config: Config):
@@ -127,15 +128,12 @@ def check_run_config(config: Config) -> None:
                              ", ".join(f"{k}={a!r}" for k, (a, _) in diff.items()) + "; got " +
                              ", ".join(f"{k}={b!r}" for k, (_, b) in diff.items()) + ": use another --run")
     else:
-        _write_json(path, identity)
+        _write_record(path, identity)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    """Written aside, then renamed: a reader sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+def _write_record(path: Path, obj: dict) -> None:
+    """A run record (config.json, iteration.json): written atomically, then pushed to a URL root's store."""
+    write_json(path, obj)
     remote.push_record(path)
 
 
@@ -165,7 +163,7 @@ def record_iteration(config: Config, iteration: int, folders: dict[str, str | No
     """Iteration i's record; iteration 0 (the reference model's evaluation) has no train folder."""
     checkpoint = Path(folders["train"]) / "checkpoint" if folders.get("train") else reference_model(config)
     record = {"iteration": iteration, **folders, "checkpoint": str(checkpoint), "config": asdict(config)}
-    _write_json(run_dir(config) / f"iter={iteration:04d}" / "iteration.json",
+    _write_record(run_dir(config) / f"iter={iteration:04d}" / "iteration.json",
                 record_to_store(record, config.output_dir))  # paths relative to the root: it can move
     fault_point("record:written")
     _prune_checkpoints(config, iteration)

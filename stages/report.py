@@ -10,6 +10,8 @@ from pathlib import Path
 
 import duckdb
 
+from storage.files import written_atomically
+
 log = logging.getLogger(__name__)
 OBSERVATION_CHARS = 400  # an observation is shortened to this in the markdown (results pages run to 2,000)
 
@@ -128,10 +130,7 @@ def plot_curves(curves: dict[str, list[dict]], out: Path, baselines: dict[str, d
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with written_atomically(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    tmp.replace(out)
-    return out
+    return Path(out)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.files import written_atomically
 from storage.layout import catalogue_dir
 from storage.parquet import write_table
 from storage.stages import code_version
@@ -69,12 +70,12 @@ def write_catalogue(products: Iterable[Product], folder: Path, source: str) -> i
     where a Parquet row would cost decoding its whole compressed page). Both are written under temporary
     names and renamed, the Arrow file last: it marks the catalogue complete. `source` names the products' origin
     in errors. Returns the product count."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = {f: folder / f".tmp-{f}-{os.getpid()}" for f in ("products.parquet", "products.arrow")}
     n = 0
-    try:
-        with pq.ParquetWriter(tmp["products.parquet"], PRODUCTS_SCHEMA) as parquet, \
-                pa.ipc.new_file(tmp["products.arrow"], PRODUCTS_SCHEMA) as arrow:
+    # the Parquet file is renamed into place first, the Arrow file last (context managers exit inside out)
+    with written_atomically(folder / "products.arrow") as arrow_tmp, \
+            written_atomically(folder / "products.parquet") as parquet_tmp:
+        with pq.ParquetWriter(parquet_tmp, PRODUCTS_SCHEMA) as parquet, \
+                pa.ipc.new_file(arrow_tmp, PRODUCTS_SCHEMA) as arrow:
             products = iter(products)
             while batch := list(itertools.islice(products, WRITE_BATCH)):
                 table = products_table(batch)
@@ -83,11 +84,6 @@ def write_catalogue(products: Iterable[Product], folder: Path, source: str) -> i
                 n += len(batch)
         if n == 0:
             raise DataError(f"{source}: no products (expected a JSON list of products)")
-        os.replace(tmp["products.parquet"], folder / "products.parquet")
-        os.replace(tmp["products.arrow"], folder / "products.arrow")
-    finally:
-        for path in tmp.values():
-            path.unlink(missing_ok=True)
     return n
 
 

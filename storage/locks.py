@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from storage import remote
+from storage.files import pid_alive
 
 log = logging.getLogger(__name__)
 LOCK_FILE = "writer.lock"
@@ -139,19 +140,6 @@ def _read(store, key: str) -> dict:
         return json.loads(store.fs.cat(key))
     except (FileNotFoundError, ValueError):
         return {}
-
-
-def pid_alive(pid) -> bool:
-    """Whether a process of this host with that pid is alive (another user's counts as alive)."""
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _holder(fd: int) -> dict:

@@ -23,6 +23,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from storage.files import written_atomically
+
 MANIFEST = "manifest.json"
 RECORDS = ("config.json", "iteration.json")
 SCHEMES = ("s3",)
@@ -98,11 +100,8 @@ class Remote:
             rel = key[len(self.base) + 1:]
             name = rel.rsplit("/", 1)[-1]
             if name in RECORDS and not self._inside_stage(rel, found):
-                local = self.cache / rel
-                local.parent.mkdir(parents=True, exist_ok=True)
-                tmp = local.with_name(f".tmp-{name}-{os.getpid()}")
-                self._io("download", key, self.fs.get_file, key, str(tmp))
-                os.replace(tmp, local)
+                with written_atomically(self.cache / rel) as tmp:
+                    self._io("download", key, self.fs.get_file, key, str(tmp))
 
     def _find(self, remote: str) -> dict:
         self.fs.invalidate_cache(remote)  # s3fs caches listings: another worker may have published since

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from storage import remote
 from storage.faults import fault_point
+from storage.files import remove_dead_leftovers
 from storage.layout import storage_root
-from storage.locks import pid_alive
 
 log = logging.getLogger("stages")  # stage progress is reported under the stages logger (INFO)
 MANIFEST = "manifest.json"
@@ -82,7 +82,7 @@ def stage_output(folder: Path, manifest: dict):
 
     A process killed outright (SIGKILL, the OOM killer) runs no cleanup: its temporary folders carry its pid
     (`.tmp-<key>-<pid>-*`, `.old-<key>-<pid>-*`) and the next attempt at the same stage removes those of dead
-    processes."""
+    processes (storage/files.py)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_leftovers(folder)
@@ -104,16 +104,3 @@ def stage_output(folder: Path, manifest: dict):
         raise
     remote.push_stage(folder)  # a URL root: to the store, manifest last
     fault_point(f"{stage}:published")
-
-
-def remove_dead_leftovers(folder: Path) -> list[Path]:
-    """Remove the temporary and set-aside folders of `folder` whose writer process is gone; returns them."""
-    removed = []
-    folder = Path(folder)
-    for leftover in [*folder.parent.glob(f".tmp-{folder.name}-*"), *folder.parent.glob(f".old-{folder.name}-*")]:
-        pid = leftover.name.split("-")[2]  # .tmp-<key>-<pid>-<random>: keys are hex, without dashes
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
-            removed.append(leftover)
-            log.info("removed %s, left by process %s that is gone", leftover, pid)
-    return removed

@@ -2,7 +2,6 @@
 real eval tables, and issue 11's bars are read off the evaluations as the issue states them."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -106,16 +105,3 @@ def test_the_bars_are_read_off_the_best_trained_policy_and_every_weighted_sft_ru
     low = learning.done_when(result_with(evaluation(6, 200, 50.0), evaluation(7, 200, 56.0), paired_low=2.0))
     assert not low["success_interval_above_rule"] and not low["success_rate_above_20"]
     assert not low["score_above_rule"]
-
-
-def test_a_benchmark_result_is_replaced_whole_or_not_at_all(tmp_path):
-    from bench import write_json
-
-    out = tmp_path / "results" / "learning.json"
-    write_json(out, {"wall_s": 1.0, "out": out})
-    assert out.read_text() == f'{{\n  "wall_s": 1.0,\n  "out": "{out}"\n}}\n'  # paths as strings
-    assert sorted(p.name for p in out.parent.iterdir()) == ["learning.json"]
-    (out.parent / "learning.json.tmp").mkdir()  # the write fails at the disk: the last result stays whole
-    with pytest.raises(IsADirectoryError):
-        write_json(out, {"wall_s": 2.0})
-    assert json.loads(out.read_text()) == {"wall_s": 1.0, "out": str(out)}

@@ -134,8 +134,8 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(points, uninterrupt
 
 def test_a_killed_stage_leaves_its_temporary_folder_until_the_stage_runs_again(tmp_path):
     """What the resumed command cleans: the killed writer's temporary folder (its pid is in the name), and
-    only when that writer is gone; a live writer's folder is left alone."""
-    from storage.stages import remove_dead_leftovers
+    only when that writer is gone; a live writer's folder is left alone. A record's temporary file likewise."""
+    from storage.files import remove_dead_leftovers, write_json
 
     folder = tmp_path / "runs" / "r" / "rollout" / "abc123"
     folder.parent.mkdir(parents=True)
@@ -149,9 +149,17 @@ def test_a_killed_stage_leaves_its_temporary_folder_until_the_stage_runs_again(t
     for p in (live_tmp, dead_tmp, dead_old, other_key):
         (p / "episodes.parquet").parent.mkdir()
         (p / "episodes.parquet").write_bytes(b"half")
+    record = folder.parent / "iteration.json"
+    dead_record_tmp = folder.parent / f".tmp-iteration.json-{dead.pid}-ab12cd34"
+    live_record_tmp = folder.parent / f".tmp-iteration.json-{sleeper.pid}-ab12cd34"
+    for p in (dead_record_tmp, live_record_tmp):
+        p.write_text('{"iter')
     try:
         assert sorted(remove_dead_leftovers(folder)) == sorted([dead_tmp, dead_old])
         assert live_tmp.is_dir() and other_key.is_dir() and not dead_tmp.exists() and not dead_old.exists()
+        write_json(record, {"iteration": 1})
+        assert not dead_record_tmp.exists() and live_record_tmp.is_file()
+        assert json.loads(record.read_text()) == {"iteration": 1}
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -61,10 +61,10 @@ def test_apo_sql_answers_over_an_s3_root_from_an_empty_cache(s3_server, tmp_path
     reads the tables through the store (fsspec), not from the cache."""
     url = _bucket("sql")
     env_a = {**s3_server, "APO_CACHE": str(tmp_path / "a")}
-    code = ("import json, sys; from stages.pipeline import _write_json; from storage.layout import storage_root;"
+    code = ("import json, sys; from stages.pipeline import _write_record; from storage.layout import storage_root;"
             "from tests.test_remote import _publish_weights;"
             f"f = _publish_weights({url!r}, 'aaaaaaaaaaaa', [1, 2, 3]);"
-            f"_write_json(storage_root({url!r}) / 'runs/r/iter=0001/iteration.json', "
+            f"_write_record(storage_root({url!r}) / 'runs/r/iter=0001/iteration.json', "
             "{'iteration': 1, 'weights': str(f.relative_to(storage_root(" + repr(url) + "))), 'checkpoint': 'x'})")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**_env(), **env_a}, check=True)
     out = subprocess.run([sys.executable, "-m", "apo.cli", "sql", "--home", url,
@@ -233,7 +233,7 @@ def test_a_pruned_checkpoint_leaves_the_store_too(s3_server, tmp_path, monkeypat
     """Checkpoint pruning (save_frequency) on an s3:// root removes the weights from the store as from the cache,
     keeping the stage's manifest and metrics there: the store does not grow by a checkpoint per iteration."""
     from stages.config import Config
-    from stages.pipeline import _prune_checkpoints, _write_json
+    from stages.pipeline import _prune_checkpoints, _write_record
     from storage.layout import storage_root
 
     url = _bucket("prune")
@@ -244,7 +244,7 @@ def test_a_pruned_checkpoint_leaves_the_store_too(s3_server, tmp_path, monkeypat
         (tmp / "checkpoint" / "model.safetensors").write_bytes(b"weights")
         pq.write_table(pa.table({"step": [1]}), tmp / "train_metrics.parquet")
     relative = folder.relative_to(storage_root(url))
-    _write_json(storage_root(url) / "runs/r/iter=0001/iteration.json",
+    _write_record(storage_root(url) / "runs/r/iter=0001/iteration.json",
                 {"iteration": 1, "train": str(relative), "checkpoint": str(relative / "checkpoint")})
     fs = remote.filesystem("s3")
     stored = f"prune/root/{relative}"

@@ -13,6 +13,7 @@ import pytest
 import storage.catalogues
 
 from storage.catalogues import catalogue_name, open_catalogue
+from storage.files import write_json, written_atomically
 from storage.parquet import read_table, write_table
 from webshop.generate import generate_catalogue
 
@@ -72,6 +73,19 @@ def test_write_table_is_atomic_and_leaves_nothing_on_failure(tmp_path):
         write_table(pa.table({"x": [object()]}), path)  # fails while building: the old table must survive
     assert read_table(path).column("x").to_pylist() == [1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "results" / "learning.json"
+    write_json(out, {"wall_s": 1.0, "out": out})
+    assert out.read_text() == f'{{\n  "wall_s": 1.0,\n  "out": "{out}"\n}}\n'  # paths as strings
+    with pytest.raises(OSError):
+        with written_atomically(out) as tmp:
+            tmp.write_text('{"wall_s": 2')  # half of the new file is on disk, then the disk fails
+            assert list(out.parent.glob("*.json")) == [out]  # a reader globbing the folder never sees it
+            raise OSError("No space left on device")
+    assert json.loads(out.read_text()) == {"wall_s": 1.0, "out": str(out)}  # the last complete file stays
+    assert [p.name for p in out.parent.iterdir()] == ["learning.json"]
 
 
 def test_corrupt_parquet_is_one_clear_line(tmp_path):
