@@ -32,8 +32,9 @@ The weighted-SFT settings were chosen on eval-split goals 500-619 (`apo eval --s
 been tried on these test goals (README). Each arm is one `apo train`
 process (printed, and stored in the JSON) in ephemeral Prefect mode. Scores are 100 x mean reward with a 95%
 normal interval; success rates have a 95% Wilson interval (stages.evaluate, the baselines too); paired gains
-are the per-goal differences against the warm start with a 95% normal interval. The JSON's `done_when` checks
-issue 11's bars. Output: a markdown table on stdout, JSON with every number and the wall time of every stage
+are the per-goal differences against the warm start with a 95% normal interval; with several seeds, also the
+weighted-SFT arm's over its seeds (`weighted_sft_seeds_vs_warm_start`: per goal, the seeds' mean difference). The
+JSON's `done_when` checks issue 11's bars, the paired one for every run and for the seeds together. Output: a markdown table on stdout, JSON with every number and the wall time of every stage
 and of the whole invocation, and a PNG of the curves.
 """
 from __future__ import annotations
@@ -201,21 +202,26 @@ def run_summary(run: str, root: Path, last: int) -> dict:
     return {"curve": curve, "stage_seconds": seconds, "warm_start": records[0].get("sft") if records else None}
 
 
-def paired_gain(after: str, before: str) -> dict:
+def paired_gain(after: str | list[str], before: str) -> dict:
     """Gain of one evaluation over another on the same goals (greedy, so one episode per goal), in points: the
     mean per-goal difference x 100 of the reward (`score`) and of success (reward 1, `success`), each with its
     95% normal half-width and how many goals got better or worse. Pairing removes the goal-to-goal spread that
-    makes the two separate intervals wide."""
+    makes the two separate intervals wide. With several `after` evaluations (an arm's seeds), a goal's difference
+    is from their mean on it, over the goals all of them played: the arm's gain with the seeds' spread averaged
+    in, its interval over goals."""
     import duckdb
 
     from webshop.metrics import score_ci
 
+    afters = [str(Path(a) / "episodes.parquet") for a in ([after] if isinstance(after, (str, Path)) else after)]
     con = duckdb.connect()
     try:
         rows = con.sql(
-            "SELECT a.reward - b.reward, (a.reward = 1)::INT - (b.reward = 1)::INT "
-            "FROM read_parquet($a) a JOIN read_parquet($b) b USING (goal_idx) ORDER BY goal_idx",
-            params={"a": str(Path(after) / "episodes.parquet"), "b": str(Path(before) / "episodes.parquet")}
+            "WITH a AS (SELECT goal_idx, avg(reward) AS reward, avg((reward = 1)::INT) AS success "
+            "           FROM read_parquet($a) GROUP BY goal_idx HAVING count(*) = $k) "
+            "SELECT a.reward - b.reward, a.success - (b.reward = 1)::INT "
+            "FROM a JOIN read_parquet($b) b USING (goal_idx) ORDER BY goal_idx",
+            params={"a": afters, "k": len(afters), "b": str(Path(before) / "episodes.parquet")}
         ).fetchall()
     finally:
         con.close()
@@ -240,15 +246,25 @@ def done_when(result: dict) -> dict:
         return {}
     name, best = max(trained, key=lambda t: (t[1]["success_rate"], t[1]["score"]))
     low = best["success_centre"] - best["success_ci"]
-    wsft = [s["vs_warm_start"] for arm, s in result["arms"].items()
-            if arm.startswith(("sft+weighted-sft", "seed")) and "vs_warm_start" in s]
+    wsft = [s["vs_warm_start"] for arm, s in result["arms"].items() if arm in weighted_sft_arms(result)]
+    pooled = result.get("weighted_sft_seeds_vs_warm_start")
     return {"best_trained": name,
             "success_interval_above_rule": low > rule["success_centre"] + rule["success_ci"],
             "success_rate_above_20": best["success_rate"] > 0.20, "success_interval_above_20": low > 0.20,
             "score_above_rule": best["score"] > rule["score"],
             **{f"weighted_sft_beats_warm_start_{metric}": bool(wsft) and all(
                 p[metric]["gain"] - p[metric]["gain_ci"] > 0 for p in wsft) for metric in ("score", "success")},
-            "weighted_sft_runs": len(wsft)}
+            "weighted_sft_runs": len(wsft),
+            # the arm over its seeds: per goal the seeds' mean gain (paired_gain of all of them)
+            **({f"weighted_sft_seeds_beat_warm_start_{metric}":
+                pooled[metric]["gain"] - pooled[metric]["gain_ci"] > 0 for metric in ("score", "success")}
+               if pooled else {})}
+
+
+def weighted_sft_arms(result: dict) -> list[str]:
+    """The weighted-SFT runs that were compared with the warm start: the arm's first seed and each further one."""
+    return [arm for arm, s in result["arms"].items()
+            if arm.startswith(("sft+weighted-sft", "seed")) and "vs_warm_start" in s]
 
 
 def table(result: dict) -> str:
@@ -371,6 +387,9 @@ def main(argv: list[str] | None = None) -> dict:
         last = summary["curve"][-1] if summary["curve"] else None
         if warm is not None and arm != "base" and last is not None and last["iteration"] > 0:
             summary["vs_warm_start"] = {"iteration": last["iteration"], **paired_gain(last["eval"], warm["eval"])}
+    if len(wsft_arms := weighted_sft_arms(result)) > 1:
+        result["weighted_sft_seeds_vs_warm_start"] = {"arms": wsft_arms, **paired_gain(
+            [result["arms"][arm]["curve"][-1]["eval"] for arm in wsft_arms], warm["eval"])}
     result["done_when"] = done_when(result)
     result["wall_s"] = round(time.perf_counter() - started, 1)
 
@@ -384,6 +403,8 @@ def main(argv: list[str] | None = None) -> dict:
     for arm, s in result["arms"].items():
         print(f"{arm}: {s['wall_s']:.0f} s wall in this invocation (cached stages are not re-run); "
               f"stage seconds {s['stage_seconds']}; paired vs the warm start {s.get('vs_warm_start', '-')}")
+    if "weighted_sft_seeds_vs_warm_start" in result:
+        print(f"weighted-SFT over its seeds, paired vs the warm start {result['weighted_sft_seeds_vs_warm_start']}")
     print(f"done_when {result['done_when']}")
     print(f"{result['wall_s']:.0f} s in all; wrote {args.out} and {png}")
     return result

@@ -68,6 +68,14 @@ def test_paired_gain_is_the_mean_per_goal_difference_with_its_interval(tmp_path)
     # success: goal 4 became a purchase that scores 1, goal 0 stopped being one
     assert (gain["success"]["better"], gain["success"]["worse"]) == (1, 1)
     assert gain["success"]["gain"] == 0.0
+    # an arm's seeds: per goal the mean of their differences, over the goals every seed played
+    other = {0: 1.0, 1: 0.0, 2: 1.0, 3: 1.0}  # goal 4 missing from this seed: left out
+    both = learning.paired_gain([str(tmp_path / "a"), write_episodes(tmp_path / "c", other)], str(tmp_path / "b"))
+    diffs = [(after[g] + other[g]) / 2 - before[g] for g in range(4)]
+    assert both["n"] == 4
+    assert both["score"]["gain"] == pytest.approx(100 * sum(diffs) / 4, abs=0.01)
+    # success: goal 2 succeeds in one seed of two (+0.5), goal 0 fails in one (-0.5), goal 3 in neither changes
+    assert (both["success"]["gain"], both["success"]["better"], both["success"]["worse"]) == (0.0, 1, 1)
 
 
 def evaluation(successes: int, n: int, score: float) -> dict:
@@ -105,3 +113,16 @@ def test_the_bars_are_read_off_the_best_trained_policy_and_every_weighted_sft_ru
     low = learning.done_when(result_with(evaluation(6, 200, 50.0), evaluation(7, 200, 56.0), paired_low=2.0))
     assert not low["success_interval_above_rule"] and not low["success_rate_above_20"]
     assert not low["score_above_rule"]
+    assert "weighted_sft_seeds_beat_warm_start_success" not in met  # one seed: no pooled bar
+
+
+def test_with_two_seeds_every_run_and_the_seeds_together_are_read():
+    result = result_with(evaluation(94, 200, 71.1), evaluation(102, 200, 74.7), paired_low=-0.6, success_low=-1.9)
+    result["arms"]["seed 1"] = {"curve": [{**evaluation(110, 200, 77.0), "iteration": 1}], "vs_warm_start": {
+        "score": {"gain": 6.0, "gain_ci": 4.0}, "success": {"gain": 8.0, "gain_ci": 6.0}}}
+    result["weighted_sft_seeds_vs_warm_start"] = {"score": {"gain": 4.8, "gain_ci": 3.2},
+                                                  "success": {"gain": 6.0, "gain_ci": 4.5}}
+    bars = learning.done_when(result)
+    assert bars["weighted_sft_runs"] == 2 and bars["best_trained"] == "seed 1 iteration 1"
+    assert not bars["weighted_sft_beats_warm_start_success"]  # the first seed's interval reaches below 0
+    assert bars["weighted_sft_seeds_beat_warm_start_success"] and bars["weighted_sft_seeds_beat_warm_start_score"]
