@@ -34,7 +34,8 @@ process (printed, and stored in the JSON) in ephemeral Prefect mode. Scores are 
 normal interval; success rates have a 95% Wilson interval (stages.evaluate, the baselines too); paired gains
 are the per-goal differences against the warm start with a 95% normal interval; with several seeds, also the
 weighted-SFT arm's over its seeds (`weighted_sft_seeds_vs_warm_start`: per goal, the seeds' mean difference). The
-JSON's `done_when` checks issue 11's bars, the paired one for every run and for the seeds together. Output: a markdown table on stdout, JSON with every number and the wall time of every stage
+JSON's `done_when` checks issue 11's bars, the paired one for every run and for the seeds together. Output: a
+markdown table on stdout, JSON with every number and the wall time of every stage
 and of the whole invocation, and a PNG of the curves.
 """
 from __future__ import annotations
@@ -246,7 +247,7 @@ def done_when(result: dict) -> dict:
         return {}
     name, best = max(trained, key=lambda t: (t[1]["success_rate"], t[1]["score"]))
     low = best["success_centre"] - best["success_ci"]
-    wsft = [s["vs_warm_start"] for arm, s in result["arms"].items() if arm in weighted_sft_arms(result)]
+    wsft = [result["arms"][arm]["vs_warm_start"] for arm in weighted_sft_arms(result)]
     pooled = result.get("weighted_sft_seeds_vs_warm_start")
     return {"best_trained": name,
             "success_interval_above_rule": low > rule["success_centre"] + rule["success_ci"],
