@@ -8,11 +8,9 @@ safetensors folder under the storage root, `models/smollm2-135m/`, which vLLM an
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from storage.files import folder_written_atomically
 from storage.layout import storage_root
 
 EMBEDDED = "smollm2-135m"
@@ -46,20 +44,9 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
-    try:
+    with folder_written_atomically(out, replace=False) as tmp:  # two first runs at once: the first one's stays
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # two first runs at once: the other one published the same model first
-            if not (out / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -10,16 +10,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.files import written_atomically
+from storage.files import folder_written_atomically, written_atomically
 from storage.layout import catalogue_dir
 from storage.parquet import write_table
 from storage.stages import code_version
@@ -116,16 +113,8 @@ def open_search_index(catalogue: Catalogue, root: str | Path | None = None) -> S
     in a temporary folder and renamed: a crash leaves no half index, and two first runs both end with one."""
     folder = catalogue_dir(catalogue.name, root) / f"bm25-{code_version('webshop/search.py')[:10]}"
     if not folder.is_dir():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-        try:
+        with folder_written_atomically(folder, replace=False) as tmp:
             SearchEngine(catalogue.search_texts()).save(tmp)
-            os.replace(tmp, folder)
-        except OSError:
-            if not folder.is_dir():  # not a concurrent build that won the rename
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return SearchEngine.load(folder)
 
 

@@ -1,4 +1,5 @@
-"""Whole-or-nothing writes: a file (or a stage's folder, storage/stages.py) is written beside its target under a
+"""Whole-or-nothing writes: a file (`written_atomically`) or a folder (`folder_written_atomically`: a stage's
+output, a downloaded stage, a search index, a converted model) is written beside its target under a
 `.tmp-<name>-<pid>-<random>` name, then renamed over it, so a reader sees the old one or the new one, never half of
 one, and a crash or a full disk leaves the last complete one in place.
 
@@ -11,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,33 @@ def written_atomically(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def folder_written_atomically(folder: str | Path, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder` to fill; on success it becomes `folder`, on an error it is removed.
+    A `folder` already there is replaced (`replace`: moved aside under `.old-<name>-<pid>-*`, then removed), or
+    kept (`replace=False`: for content that depends only on its name, so a concurrent writer that published
+    first wrote the same; ours is dropped)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_leftovers(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-{os.getpid()}-", dir=folder.parent))
+    try:
+        yield tmp
+        if replace and folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{folder.name}-{os.getpid()}-", dir=folder.parent))
+            os.replace(folder, old / folder.name)
+            os.replace(tmp, folder)
+            shutil.rmtree(old)
+        else:
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # renaming onto a folder that is not empty: another writer published first
+                if replace or not folder.is_dir():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already renamed on success; the partial or losing copy otherwise
 
 
 def write_json(path: str | Path, obj: dict) -> Path:

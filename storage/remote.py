@@ -18,12 +18,10 @@ The endpoint, region and credentials come from the standard AWS settings (`AWS_E
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from storage.files import written_atomically
+from storage.files import folder_written_atomically, written_atomically
 
 MANIFEST = "manifest.json"
 RECORDS = ("config.json", "iteration.json")
@@ -114,17 +112,10 @@ class Remote:
         return any(f"{self.base}/{'/'.join(parts[:i])}/{MANIFEST}" in found for i in range(1, len(parts) + 1))
 
     def _pull_folder(self, folder: Path, remote: str) -> Path:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-{os.getpid()}-", dir=folder.parent))
-        try:
+        with folder_written_atomically(folder) as tmp:  # replaces an unpublished leftover in the cache
             self._io("download", remote, self.fs.get, remote + "/", str(tmp) + "/", True)
             if not (tmp / MANIFEST).is_file():
                 raise OSError(f"storage root {self.url}: {remote} lost its {MANIFEST} while downloading")
-            if folder.exists():  # an unpublished leftover in the cache
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     def clean(self, prefix: str) -> list[str]:

@@ -14,15 +14,12 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from storage import remote
 from storage.faults import fault_point
-from storage.files import remove_dead_leftovers
+from storage.files import folder_written_atomically
 from storage.layout import storage_root
 
 log = logging.getLogger("stages")  # stage progress is reported under the stages logger (INFO)
@@ -84,23 +81,10 @@ def stage_output(folder: Path, manifest: dict):
     (`.tmp-<key>-<pid>-*`, `.old-<key>-<pid>-*`) and the next attempt at the same stage removes those of dead
     processes (storage/files.py)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_leftovers(folder)
     stage = folder.parent.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-{os.getpid()}-", dir=folder.parent))
-    try:
+    with folder_written_atomically(folder) as tmp:  # replaces a forced recompute's or a manifest-less leftover
         yield tmp
         fault_point(f"{stage}:written")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        old = None
-        if folder.exists():  # a forced recompute, or a leftover without a manifest: moved aside, then removed
-            old = Path(tempfile.mkdtemp(prefix=f".old-{folder.name}-{os.getpid()}-", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     remote.push_stage(folder)  # a URL root: to the store, manifest last
     fault_point(f"{stage}:published")

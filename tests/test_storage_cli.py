@@ -13,7 +13,7 @@ import pytest
 import storage.catalogues
 
 from storage.catalogues import catalogue_name, open_catalogue
-from storage.files import write_json, written_atomically
+from storage.files import folder_written_atomically, write_json, written_atomically
 from storage.parquet import read_table, write_table
 from webshop.generate import generate_catalogue
 
@@ -86,6 +86,26 @@ def test_a_file_is_replaced_whole_or_not_at_all(tmp_path):
             raise OSError("No space left on device")
     assert json.loads(out.read_text()) == {"wall_s": 1.0, "out": str(out)}  # the last complete file stays
     assert [p.name for p in out.parent.iterdir()] == ["learning.json"]
+
+
+def test_a_folder_is_replaced_whole_or_kept_when_another_writer_won(tmp_path):
+    index = tmp_path / "catalogues" / "bm25-abc"
+    with folder_written_atomically(index) as tmp:
+        (tmp / "vocab.json").write_text("v1")
+        assert not index.exists()  # nothing under the name until the folder is complete
+    assert (index / "vocab.json").read_text() == "v1"
+    with pytest.raises(OSError):
+        with folder_written_atomically(index) as tmp:
+            (tmp / "vocab.json").write_text("v2, half")
+            raise OSError("No space left on device")
+    assert (index / "vocab.json").read_text() == "v1"  # the complete folder stays
+    with folder_written_atomically(index) as tmp:  # a rebuild replaces it whole
+        (tmp / "ids.npy").write_text("v3")
+    assert sorted(p.name for p in index.iterdir()) == ["ids.npy"]
+    with folder_written_atomically(index, replace=False) as tmp:  # a second first build: the published one wins
+        (tmp / "vocab.json").write_text("v4")
+    assert sorted(p.name for p in index.iterdir()) == ["ids.npy"]
+    assert [p.name for p in index.parent.iterdir()] == ["bm25-abc"]  # no temporary or set-aside copy left
 
 
 def test_corrupt_parquet_is_one_clear_line(tmp_path):
