@@ -71,10 +71,13 @@ def iteration_flags(args: argparse.Namespace) -> list[str]:
 
 
 def v_star_samples(args: argparse.Namespace) -> int:
-    """Reference samples per goal: the apo arm's V* needs several; weighted-SFT's goal-normalised weights not."""
+    """Reference samples per goal: the apo arm's V* needs several; weighted-SFT's goal-normalised weights none
+    (V* cancels: no reference pass), batch-normalised ones one."""
     if args.v_star_samples is not None:
         return args.v_star_samples
-    return 4 if "sft+apo" in args.arms.split(",") else 1
+    if "sft+apo" in args.arms.split(","):
+        return 4
+    return 0 if args.adv_norm == "goal" else 1
 
 
 def weighted_sft_flags(args: argparse.Namespace) -> list[str]:
@@ -321,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-goals", type=int, default=200, help="first N test goals (issue 11: at least 200)")
     ap.add_argument("--batch-size", type=int, default=32, help="training goals per iteration")
     ap.add_argument("--v-star-samples", type=int, default=None,
-                    help="reference samples per goal; default 4 with the sft+apo arm (its V*), else 1 (under "
-                         "--adv-norm goal V* cancels in the weighted-SFT weights)")
+                    help="reference samples per goal; default 4 with the sft+apo arm (its V*), else 0 under "
+                         "--adv-norm goal (V* cancels in the weighted-SFT weights: no reference pass), else 1")
     ap.add_argument("--rollout-samples", type=int, default=4)
     ap.add_argument("--batch-episodes", type=int, default=8,
                     help="episodes per AdamW step of an iteration (without the KL term: imitated episodes)")

@@ -2,7 +2,8 @@
 
     apo         one iteration: [sft] -> rollout + reference -> weights -> train -> eval (deployment
                 `apo/iteration`); sft runs once per run, the reference once per block of iterations (cached
-                after), so an iteration's own work is rollout -> weights -> train -> eval
+                after; never with --v-star-samples 0), so an iteration's own work is rollout -> weights ->
+                train -> eval
     apo-train   iteration 0 (the reference model's evaluation and the first reference block), then
                 `num_steps` iterations of `apo` as subflows (what `apo train` runs, in ephemeral mode)
     apo-shard   one shard of a sampling stage (deployment `apo-shard/shard`): with `config.shards` > 1 and the
@@ -79,7 +80,8 @@ def sampled(config: Config, stage: str, iteration: int, from_stage: str | None, 
 
 
 @task(name="weights", cache_policy=None)
-def weights(config: Config, iteration: int, reference_dir: str, rollout_dir: str, from_stage: str | None) -> str:
+def weights(config: Config, iteration: int, reference_dir: str | None, rollout_dir: str,
+            from_stage: str | None) -> str:
     return pipeline.run_weights(config, iteration, reference_dir, rollout_dir, from_stage)
 
 
@@ -102,7 +104,7 @@ def apo(config: Config | None = None, iteration: int | None = None, from_stage: 
         i = pipeline.resolve_iteration(config, iteration, from_stage)
         warm = sft(config, from_stage)
         ro = sampled(config, "rollout", i, from_stage, shard_deployment)
-        ref = sampled(config, "reference", i, from_stage, shard_deployment)
+        ref = sampled(config, "reference", i, from_stage, shard_deployment) if config.v_star_samples else None
         w = weights(config, i, ref, ro, from_stage)
         tr = train(config, i, w, ro, from_stage)
         ev = sampled(config, "eval", i, from_stage, shard_deployment, tr) if pipeline.eval_due(config, i) else None
@@ -146,7 +148,7 @@ def start(config: Config) -> dict:
     with the reference model still loaded, the first reference block."""
     warm = sft(config, None)
     ev = sampled(config, "eval", 0, None, None)
-    if config.num_steps:
+    if config.num_steps and config.v_star_samples:
         sampled(config, "reference", 1, None, None)
     record = pipeline.record_iteration(config, 0, {"sft": warm, "eval": ev})
     publish(config, record)

@@ -56,7 +56,8 @@ class Config(TrainParams, WeightsParams, RolloutParams):
     rollout_samples: int = 2
     """Episodes per goal of the iteration from the current policy."""
     v_star_samples: int = 8
-    """Reference episodes per goal for V* (A*-PO stage 1)."""
+    """Reference episodes per goal for V* (A*-PO stage 1). 0: no reference pass, V* = 0; only where V* cancels
+    (weighted-sft with --adv-norm goal: a goal's advantages r - V* are normalised among themselves)."""
     adaptive_v_star: bool = False
     """Use the seed's 8 -> 4 -> 2 schedule of reference samples over the run's thirds."""
     reference_block: int = 10
@@ -109,11 +110,18 @@ class Config(TrainParams, WeightsParams, RolloutParams):
             raise ValueError(f"goal-kind {self.goal_kind!r} is not synthetic or human")
         if self.num_steps < 0:
             raise ValueError(f"--num-steps must be >= 0 (0: only iteration 0), got {self.num_steps}")
-        for name in ("batch_size", "rollout_samples", "v_star_samples", "reference_block", "eval_frequency",
+        for name in ("batch_size", "rollout_samples", "reference_block", "eval_frequency",
                      "eval_goals", "save_frequency", "max_new_tokens", "max_episode_steps", "max_prompt_tokens",
                      "sft_epochs", "sft_batch_episodes", "shards", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.v_star_samples < 0:
+            raise ValueError(f"--v-star-samples must be >= 0 (0: no reference pass), got {self.v_star_samples}")
+        if self.v_star_samples == 0 and (self.objective, self.adv_norm, self.adaptive_v_star) != (
+                "weighted-sft", "goal", False):
+            raise ValueError("--v-star-samples 0 (no reference pass, V* = 0) needs --objective weighted-sft and "
+                             "--adv-norm goal, where V* cancels, and no --adaptive-v-star; got --objective "
+                             f"{self.objective} --adv-norm {self.adv_norm}")
         if self.sft_demos < 0:
             raise ValueError(f"--sft-demos must be >= 0, got {self.sft_demos}")
         if not 0.0 <= self.sft_demo_noise < 1.0:

@@ -17,6 +17,7 @@ a stage of its own that any worker can play with its own engine (`run_shard`), t
 
 A*-PO stage 1, as the paper runs it: the reference samples of a whole block of iterations' goals in one pass
 (`reference_block`), cached in one folder that every iteration of the block reads (only its own goals count).
+With `v_star_samples` 0 there is no stage 1 and V* = 0 (config.py allows it only where V* cancels).
 
 Engines: one per checkpoint, shared by every stage that samples from it in turn (eval of iteration i and the
 rollout of i+1; iteration 0's evaluation, the first reference block and the rollout of iteration 1). A new
@@ -432,11 +433,12 @@ def shard_parameters(config: Config, stage: str, iteration: int, index: int, fro
             "from_stage": from_stage, "train": root_relative(train, config.output_dir) if train else None}
 
 
-def run_weights(config: Config, iteration: int, reference: str, rollout: str,
+def run_weights(config: Config, iteration: int, reference: str | None, rollout: str,
                 from_stage: str | None = None) -> str:
+    """The weights of iteration i; `reference` None: the run has no reference pass (--v-star-samples 0)."""
     return str(_stage("weights", from_stage, lambda force, cached_only: weights_stage(
-        Path(reference), Path(rollout), config.weights_params(), run=config.run, iteration=iteration,
-        root=config.output_dir, force=force, cached_only=cached_only)))
+        Path(reference) if reference else None, Path(rollout), config.weights_params(), run=config.run,
+        iteration=iteration, root=config.output_dir, force=force, cached_only=cached_only)))
 
 
 def run_train(config: Config, iteration: int, weights: str, rollout: str, from_stage: str | None = None) -> str:

@@ -1,7 +1,8 @@
 """Weights: DuckDB SQL over the reference and rollout episode tables (the SQL is in the .sql files beside).
 
     v_star.parquet       goal_idx, n_ref, ref_successes, ref_mean, ref_max, ref_max_reward, v_star
-                         (weights_v_star.sql; ref_* of r = reward - penalty, ref_max_reward of the reward)
+                         (weights_v_star.sql; ref_* of r = reward - penalty, ref_max_reward of the reward;
+                         without a reference pass, weights_no_reference.sql: V* = 0)
     weights.parquet      episode_id, goal_idx, sample_idx, reward, r, v_star, advantage, adv_norm, weight
                          (weights.sql)
     diagnostics.parquet  check, goal_idx, value, advice: goals whose V* is 0 (no reference reward at all) and
@@ -63,20 +64,26 @@ class WeightsParams:
 
 def compute_weights(reference: list[Path], rollout: list[Path], params: WeightsParams
                     ) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(weights, v_star, diagnostics) from the reference and rollout episodes.parquet files."""
+    """(weights, v_star, diagnostics) from the reference and rollout episodes.parquet files; no reference files:
+    V* = 0 (--v-star-samples 0)."""
     params.check()
     con = duckdb.connect()  # one connection for the stage: v_star is a temp table the second query joins
     try:
-        v_star = con.sql((SQL_DIR / "weights_v_star.sql").read_text(),
-                         params={"beta": params.beta, "format_penalty": params.format_penalty,
-                                 "reference": [str(p) for p in reference],
-                                 "rollout": [str(p) for p in rollout]}).to_arrow_table()
+        rollout_files = [str(p) for p in rollout]
+        if reference:
+            v_star = con.sql((SQL_DIR / "weights_v_star.sql").read_text(),
+                             params={"beta": params.beta, "format_penalty": params.format_penalty,
+                                     "reference": [str(p) for p in reference],
+                                     "rollout": rollout_files}).to_arrow_table()
+        else:
+            v_star = con.sql((SQL_DIR / "weights_no_reference.sql").read_text(),
+                             params={"rollout": rollout_files}).to_arrow_table()
         con.register("v_star", v_star)
         weights = con.sql((SQL_DIR / "weights.sql").read_text(),
                           params={"adv_clip": params.adv_clip, "format_penalty": params.format_penalty,
                                   "adv_norm": params.adv_norm, "skip_degenerate": params.skip_degenerate,
                                   "min_reward": params.min_reward,
-                                  "rollout": [str(p) for p in rollout]}).to_arrow_table()
+                                  "rollout": rollout_files}).to_arrow_table()
     except duckdb.Error as e:  # a missing or corrupt episodes table: one line naming the inputs
         raise ValueError(f"weights over {[str(p) for p in reference + rollout]}: "
                          f"{str(e).splitlines()[0]}") from None
@@ -102,18 +109,20 @@ def _diagnostics(weights: pa.Table, v_star: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=DIAGNOSTICS_SCHEMA)
 
 
-def weights_stage(reference_dir: Path, rollout_dir: Path, params: WeightsParams, *, run: str, iteration: int,
-                  root=None, force: bool = False, cached_only: bool = False) -> Path:
-    """Run (or reuse) the weights stage of one iteration; returns its folder. `force` recomputes it."""
+def weights_stage(reference_dir: Path | None, rollout_dir: Path, params: WeightsParams, *, run: str,
+                  iteration: int, root=None, force: bool = False, cached_only: bool = False) -> Path:
+    """Run (or reuse) the weights stage of one iteration; returns its folder. `force` recomputes it.
+    `reference_dir` None: no reference pass (V* = 0)."""
     params.check()
-    inputs = {"reference": Path(reference_dir).name, "rollout": Path(rollout_dir).name}
+    inputs = {"reference": Path(reference_dir).name if reference_dir else None, "rollout": Path(rollout_dir).name}
     key = stage_key(asdict(params), inputs, code_version("stages/weights.py", "stages/weights.sql",
-                                                         "stages/weights_v_star.sql"))
+                                                         "stages/weights_v_star.sql",
+                                                         "stages/weights_no_reference.sql"))
     folder = stage_dir(run, "weights", key, iteration, root)
     if reuse_done(folder, "weights", force, cached_only):
         return folder
-    weights, v_star, diagnostics = compute_weights([Path(reference_dir) / "episodes.parquet"],
-                                                   [Path(rollout_dir) / "episodes.parquet"], params)
+    reference = [Path(reference_dir) / "episodes.parquet"] if reference_dir else []
+    weights, v_star, diagnostics = compute_weights(reference, [Path(rollout_dir) / "episodes.parquet"], params)
     for row in diagnostics.to_pylist():
         log.warning("weights diagnostic %s (goal %s, value %.3f): %s", row["check"], row["goal_idx"],
                     row["value"], row["advice"])

@@ -27,7 +27,7 @@ def test_every_command_of_the_benchmark_is_one_apo_accepts():
         assert (parsed.min_reward, parsed.kl_coef, parsed.batch_size, parsed.learning_rate) == (1.0, 0.0, 32, 5e-5)
         # apo scores whole episodes: only the weighted-SFT iterations skip no-op replies
         assert parsed.skip_noop_turns == (parsed.objective == "weighted-sft")
-        assert parsed.observation_mode == "text" and parsed.v_star_samples == 1  # no apo arm: V* cancels
+        assert parsed.observation_mode == "text" and parsed.v_star_samples == 0  # no apo arm: V* cancels
     seed = build_parser().parse_args(commands[-1][3:])
     assert (seed.command, seed.iteration, seed.seed, seed.model, seed.sft_demos) == \
         ("iteration", 2, 3, "some/checkpoint", 0)

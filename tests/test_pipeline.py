@@ -222,6 +222,23 @@ def test_num_steps_zero_runs_only_iteration_zero(prefect, config):
     assert read_table(Path(record["eval"]) / "eval.parquet")["iteration"].to_pylist() == [0]
 
 
+def test_without_a_reference_pass_the_iteration_samples_no_reference(prefect, config):
+    """--v-star-samples 0 (weighted-sft, goal-normalised advantages: V* cancels): iteration 0 and 1 run no
+    reference stage; the weights take V* = 0."""
+    from flows.apo import apo_train
+    from stages import pipeline
+
+    no_ref = replace(config, run="no-reference", v_star_samples=0, adv_norm="goal")
+    [record] = apo_train(no_ref)
+    assert record["reference"] is None and record["train"]
+    assert not (Path(no_ref.output_dir) / "runs" / "no-reference" / "reference").exists()
+    v_star = read_table(Path(record["weights"]) / "v_star.parquet")
+    assert v_star["v_star"].to_pylist() == [0.0] * no_ref.batch_size
+    weights = read_table(Path(record["weights"]) / "weights.parquet")
+    assert weights.num_rows == no_ref.batch_size * no_ref.rollout_samples
+    assert pipeline.iteration_record(no_ref, 1)["reference"] is None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Sharded sampling stages (issue 14): shards as tasks of the iteration's own run; tests/test_remote.py runs them
 # on two Prefect workers

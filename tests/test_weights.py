@@ -354,6 +354,24 @@ def test_diagnostics_healthy_batch(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # 3. errors
 # ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1])
+def test_without_a_reference_pass_goal_normalised_weights_are_the_same(tmp_path, seed):
+    """--v-star-samples 0: V* = 0 for every goal; a goal's advantages are normalised among themselves, so V*
+    cancels and the weights equal those of the reference's V* (weights.sql's arithmetic, to rounding)."""
+    reference, rollout = random_batch(seed)
+    params = WeightsParams(adv_norm="goal", skip_degenerate=True, min_reward=0.5)
+    with_v_star, _, _ = run_weights(tmp_path / "with", reference, rollout, params)
+    roll = write_episodes(tmp_path / "without" / "rollout", rollout)
+    weights, v_star, diagnostics = compute_weights([], [roll / "episodes.parquet"], params)
+    assert v_star["goal_idx"].to_pylist() == sorted({e["goal_idx"] for e in rollout})
+    assert set(v_star["v_star"].to_pylist()) == {0.0} and set(v_star["n_ref"].to_pylist()) == {0}
+    assert weights["advantage"].to_pylist() == weights["r"].to_pylist()
+    assert with_v_star["v_star"].to_pylist() != weights["v_star"].to_pylist()  # the reference's V* is not 0
+    assert weights["weight"].to_pylist() == pytest.approx(with_v_star["weight"].to_pylist(), abs=1e-9)
+    assert weights["adv_norm"].to_pylist() == pytest.approx(with_v_star["adv_norm"].to_pylist(), abs=1e-6)
+    assert diagnostics.num_rows == 0 or "v_star_zero" not in diagnostics["check"].to_pylist()  # nothing sampled
+
+
 def test_rollout_goal_without_reference(tmp_path):
     reference = [episode_row("reference", 0, s, 1.0) for s in range(2)]
     rollout = [episode_row("rollout", 0, 0, 1.0, iteration=1), episode_row("rollout", 17, 0, 0.0, iteration=1)]
