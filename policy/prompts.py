@@ -7,17 +7,13 @@ then the reply the model gave), and the current turn:
     Instruction: i need a red cotton t-shirt ...
     Previous actions: search[red cotton t-shirt]; click[b0123]; click[red]     ("none" on the first turn)
     Last action click[xl] did nothing: 'xl' is not clickable on this page    (only after an invalid action)
-    Page: <the observation, less its echo of the instruction>
+    Page: <the observation>
     Actions: click[back to search], click[< prev], ..., click[red] (selected), ..., click[buy now]
 
 In `compact` observation mode the page itself writes every clickable as its click takes it and marks the
 selected options (webshop/pages.py), so the Actions line only says how to act on it, and the example is
 rendered in that mode too: a third fewer tokens than `text`, but the 135M model learned less from it (README,
 "The compact prompt": it re-clicks the option it has just selected).
-
-The page is the observation without its copy of the instruction (upstream's pages open with "Instruction: [SEP]
-<the instruction> [SEP]"): the turn's first line states it, and the copy cost about 50 of the 800 tokens of every
-turn in every stage (README, "The page without the instruction").
 
 The turn carries what the agent needs to act and the page does not show: its previous actions, the options it has
 selected (in `text` mode an item page reads the same before and after an option is clicked) and why the last
@@ -37,16 +33,12 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from webshop.pages import PageState, page_nodes, render, without_instruction
+from webshop.pages import PageState, page_nodes, render
 
 SYSTEM_PROMPT = """You are a shopping agent on the WebShop website. Each turn you see your instruction, the \
 current page and the actions you can take. Reply with exactly one action: search[keywords] when the page has \
 a search box, or click[button] where button is one of the clickable texts listed. Open a product that matches \
 the instruction, click its matching options, then click[buy now]."""
-
-# Bumped when the prompt a policy learns to read changes (a checkpoint records it: stages/rollout.py). 1: pages
-# with upstream's echo of the instruction (before 2026-12-01); 2: the page without it.
-PROMPT_VERSION = 2
 
 # The worked example, given as one earlier exchange: the 135M default follows a shown reply, not a description.
 # Its turn is the search page of this instruction in the prompt's observation mode (`example_turn`).
@@ -87,7 +79,7 @@ class Turn:
     def of(cls, episode) -> Turn:
         """The current turn of a `webshop.env.Episode`."""
         state = episode.state
-        return cls(episode.goal.instruction_text, episode.observation(instruction=False), episode.available_actions(),
+        return cls(episode.goal.instruction_text, episode.observation(), episode.available_actions(),
                    tuple(state.options.values()) if state.kind == "item" else (), tuple(episode.actions),
                    episode.invalid_reason, episode.mode)
 
@@ -119,7 +111,7 @@ def turn_message(turn: Turn) -> str:
 @lru_cache(maxsize=None)  # the same for every prompt of a mode; build_messages asks for it on every turn
 def example_turn(mode: str) -> str:
     """The worked example's turn: the search page of EXAMPLE_INSTRUCTION, in the given observation mode."""
-    page = render(without_instruction(page_nodes(PageState(), EXAMPLE_INSTRUCTION, None)), mode)
+    page = render(page_nodes(PageState(), EXAMPLE_INSTRUCTION, None), mode)
     return turn_message(Turn(EXAMPLE_INSTRUCTION, page, {"has_search_bar": True, "clickables": ["search"]},
                              mode=mode))
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from policy.engines import Completion, Sampling
-from policy.prompts import PROMPT_VERSION, PromptConfig, Turn, encode_prompt, parse_action
+from policy.prompts import PromptConfig, Turn, encode_prompt, parse_action
 from storage.faults import fault_point
 from storage.layout import root_relative
 from storage.parquet import write_table
@@ -65,8 +65,7 @@ class RolloutParams:
 
     def prompt_format(self) -> dict:
         """What a policy trained on these prompts has learned to read (recorded in its checkpoint)."""
-        return {"observation_mode": self.observation_mode, "history_turns": self.history_turns,
-                "prompt_version": PROMPT_VERSION}
+        return {"observation_mode": self.observation_mode, "history_turns": self.history_turns}
 
 
 PROMPT_RECORD = "prompt.json"  # in a checkpoint: the prompt format of the data it was trained on
@@ -80,10 +79,6 @@ def check_prompt_format(checkpoint, params: RolloutParams) -> None:
     if not path.is_file():
         return
     trained, asked = json.loads(path.read_text(encoding="utf-8")), params.prompt_format()
-    if (version := trained.get("prompt_version", 1)) != PROMPT_VERSION:  # records before versions: 1
-        raise ValueError(f"{checkpoint} was trained on prompts of version {version}, not {PROMPT_VERSION} "
-                         f"(policy/prompts.py PROMPT_VERSION): train it again, or sample it with the release that "
-                         f"trained it")
     if trained != asked:
         raise ValueError(f"{checkpoint} was trained on {trained['observation_mode']} prompts with history "
                          f"{trained['history_turns']}, not {asked['observation_mode']} with history "

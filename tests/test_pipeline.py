@@ -343,16 +343,14 @@ def test_a_checkpoint_is_sampled_only_with_the_prompt_format_it_learned(first, w
     """Its train stage records the prompt format of its data in the checkpoint (the warm start's too); an
     evaluation with another observation mode stops with one line, before an engine loads it."""
     from apo.cli import main
-    from policy.prompts import PROMPT_VERSION
     from stages import pipeline
     from stages.rollout import PROMPT_RECORD
 
     checkpoint = Path(first["checkpoint"])
-    assert json.loads((checkpoint / PROMPT_RECORD).read_text()) == \
-        {"observation_mode": "text", "history_turns": 1, "prompt_version": PROMPT_VERSION}
+    assert json.loads((checkpoint / PROMPT_RECORD).read_text()) == {"observation_mode": "text", "history_turns": 1}
     warm_config, records = warm
     assert json.loads((Path(records[0]["sft"]) / "checkpoint" / PROMPT_RECORD).read_text()) == \
-        {"observation_mode": "text", "history_turns": 0, "prompt_version": PROMPT_VERSION}
+        {"observation_mode": "text", "history_turns": 0}
     loads = len(pipeline.ENGINE_LOADS)
     flags = [a if a != config.run else "t-compact" for a in _cli_flags(config)]
     assert main(["eval", *flags, "--checkpoint", str(checkpoint), "--observation-mode", "compact"]) == 2

@@ -276,11 +276,6 @@ def test_turn_lists_actions_marks_selected_options_and_says_why_an_action_did_no
     group, values = next(iter(ep.product.options.items()))
     assert ep.step(f"click[{values[0]}]").info["valid"]
     after = Turn.of(ep)
-    # the turn's page leaves out upstream's echo of the instruction: the turn states it once, on its first line
-    assert f"Instruction: [SEP] {ep.goal.instruction_text} [SEP] Back to Search" in ep.observation()
-    assert after.observation == ep.observation().split(" [SEP] ", 2)[2].strip()
-    assert turn_message(after).count(ep.goal.instruction_text) == 1
-    assert turn_message(after).startswith(f"Instruction: {ep.goal.instruction_text}\n")
     # text mode: the page reads the same before and after the click; the turn does not
     assert before.observation == after.observation and turn_message(before) != turn_message(after)
     assert after.selected == (values[0],) and f"click[{values[0]}] (selected)" in turn_message(after)
@@ -289,8 +284,7 @@ def test_turn_lists_actions_marks_selected_options_and_says_why_an_action_did_no
             f"click[{values[0]}]\n") in turn_message(after)
     # an invalid action: the page is unchanged, the turn says so and why; a valid one clears the line
     result = ep.step("click[no such button]")
-    assert not result.info["valid"] and result.observation == ep.observation() and \
-        Turn.of(ep).observation == after.observation
+    assert not result.info["valid"] and result.observation == after.observation
     message = turn_message(Turn.of(ep))
     assert "Last action click[no such button] did nothing: 'no such button' is not clickable on this page" in message
     assert message.index("Previous actions") < message.index("did nothing") < message.index("Page: ")

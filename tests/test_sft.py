@@ -45,7 +45,7 @@ def test_demonstrations_are_the_oracle_episodes_as_model_turns(demos, generated_
         turns = sorted((t for t in demos["turns"] if t["episode_id"] == e["episode_id"]), key=lambda t: t["turn"])
         ep, memory, history = Episode(generated_shop, e["goal_idx"], max_steps=PARAMS.max_episode_steps), {}, []
         for t in turns:
-            assert Turn.of(ep).observation == t["observation"]
+            assert ep.observation() == t["observation"]
             assert t["prompt_ids"] == encode_prompt(tok, Turn.of(ep), history, PARAMS.prompt())
             action = oracle_policy(ep, memory)
             assert t["action"] == t["completion_text"] == action
@@ -177,7 +177,7 @@ def test_noisy_demonstrations_keep_the_oracles_recoveries_and_drop_its_mistakes(
                 wanted = ep.goal.goal_options
                 wanted = set(wanted.values() if isinstance(wanted, dict) else wanted)
                 chosen = {g: v for g, v in ep.state.options.items() if v in wanted}
-                history.append((Turn.of(ep).observation, played))
+                history.append((ep.observation(), played))
                 ep.step(played)
                 # the goal's values stay selected: nothing is displaced, at most a group it does not name is set
                 assert all(ep.state.options.get(g) == v for g, v in chosen.items()), (chosen, played)
@@ -189,7 +189,7 @@ def test_noisy_demonstrations_keep_the_oracles_recoveries_and_drop_its_mistakes(
             on_item = ep.state.kind == "item" and ep.state.asin == ep.goal.asin
             rechosen += on_item and played == last_kept
             last_kept = played if on_item else None
-            history.append((Turn.of(ep).observation, played))
+            history.append((ep.observation(), played))
             ep.step(played)
     assert mistakes >= 5 and recoveries >= 5, (mistakes, recoveries)
     assert rechosen == 0

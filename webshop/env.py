@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from webshop.catalogue import Catalogue, Product, Rows
 from webshop.goals import Goal, GoalSet, build_goals
 from webshop.pages import (BACK_TO_SEARCH, BUY_NOW, NEXT_PAGE, PREV_PAGE, SUB_PAGES, PageState, clickables,
-                           item_url, page_nodes, render, without_instruction)
+                           item_url, page_nodes, render)
 from webshop.reward import get_reward
 from webshop.search import SearchEngine
 
@@ -92,12 +92,8 @@ class Episode:
     def product(self) -> Product | None:
         return self.shop.catalogue.product(self.state.asin) if self.state.asin else None
 
-    def observation(self, instruction: bool = True) -> str:
-        """The page in the episode's observation mode; `instruction=False` leaves out its echo of the goal's
-        instruction (upstream's pages repeat it at the top; the agent's prompt states it once)."""
+    def observation(self) -> str:
         nodes = page_nodes(self.state, self.goal.instruction_text, self.product, self.shop.show_attrs)
-        if not instruction:
-            nodes = without_instruction(nodes)
         url = item_url(self.session_id, self.state) if self.state.kind == "item" else ""
         return render(nodes, self.mode, url, self.state.visited, self.state.options.values())
 

@@ -167,15 +167,12 @@ def render(nodes: list[Node], mode: str, url: str = "", visited: set[str] = froz
     return "".join(reversed(clicked)) + "".join(line + "\n" for line in lines)
 
 
-def without_instruction(nodes: list[Node]) -> list[Node]:
-    """The page less its echo of the goal's instruction (the agent's prompt states it once, above the page)."""
-    return [n for n in nodes if n.role != "instruction"]
-
-
 def _compact(nodes: list[Node], selected: Collection[str]) -> str:
     lines = []
-    for t, role in without_instruction(nodes):
+    for t, role in nodes:
         t = t.strip()
+        if role == "instruction":
+            continue
         if role == "label":
             lines.append(f"[{t}] (selected)" if t in selected else f"[{t}]")
         elif role == "link" or (role == "button" and t != "Search"):
