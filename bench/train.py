@@ -5,7 +5,8 @@ Run:
     .venv/bin/python -m bench.train [--sequences 8] [--seq-len 512] [--action-tokens 32] [--steps 3]
                                     [--shared-prefix 213]
                                     [--model smollm2-135m|smollm2-135m-random|qwen2.5-1.5b-random|tiny-random]
-                                    [--device auto|cpu|cuda] [--train-layers 10] [--out bench/results/train.json]
+                                    [--device auto|cpu|cuda] [--train-layers 10] [--impls ours,ours-sdpa]
+                                    [--out bench/results/train.json]
 
 Each implementation runs in its own subprocess (so each peak RSS is its own): the embedded SmolLM2-135M as
 the policy (fp32 master weights, AdamW, autocast to the dtype `--dtype auto` picks on the machine, as
@@ -21,6 +22,9 @@ step, then `--steps` timed optimizer steps. tokens/s counts every sequence token
                accumulation; lm_head + log_softmax only at the action positions, `logits_chunk` at a time; each
                micro-batch's shared prefix runs once (`stages.train.body_states`).
     ours-unshared  the same with `share_prefix` off: every sequence runs whole, its prefix included.
+    ours-sdpa  ours with transformers' sdpa attention and its explicit padding mask instead of the trainer's
+               (`stages.train.right_padded_causal_attention`: causal, no mask, so the kernels skip the blocks
+               above the diagonal).
     ours+ckpt  the same with the model's gradient checkpointing on (activations recomputed in backward; every
                sequence runs whole: HF drops caches under checkpointing).
     ours+top   ours with only the top `--train-layers` decoder layers trained (`--train-layers`: the layers
@@ -47,7 +51,7 @@ from pathlib import Path
 from storage.files import write_json
 
 GOAL_MIB = 6 * 1024
-IMPLS = ("plain", "ours", "ours-unshared", "ours+ckpt", "ours+top")
+IMPLS = ("plain", "ours", "ours-unshared", "ours-sdpa", "ours+ckpt", "ours+top")
 MODELS = ("smollm2-135m", "smollm2-135m-random", "qwen2.5-1.5b-random", "tiny-random")
 
 
@@ -79,10 +83,12 @@ def run_worker(impl: str, sequences: int, seq_len: int, action_tokens: int, step
     import datasets
 
     from policy.hardware import resolve_dtype, torch_dtype
-    from stages.train import TrainParams, freeze_below, train_step
+    from stages.train import TrainParams, freeze_below, train_step, use_training_attention
 
     torch.manual_seed(0)
     policy = load_policy(model, home, device).train()
+    if impl not in ("plain", "ours-sdpa"):  # the trainer's attention (stages.train.load_policy sets it)
+        use_training_attention(policy)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     if impl == "ours+ckpt":
         policy.gradient_checkpointing_enable()
@@ -151,6 +157,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda where torch sees a GPU")
     parser.add_argument("--home", default=None, help="storage root holding the converted embedded model")
+    parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, of {', '.join(IMPLS)}")
     parser.add_argument("--out", default="bench/results/train.json")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,8 +169,11 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_worker(args.worker, *shape)))
         return
+    impls = args.impls.split(",")
+    if unknown := set(impls) - set(IMPLS):
+        sys.exit(f"bench.train: --impls {args.impls!r}: {', '.join(sorted(unknown))} not one of {', '.join(IMPLS)}")
     results = {}
-    for impl in IMPLS:
+    for impl in impls:
         cmd = [sys.executable, "-m", "bench.train", "--worker", impl, "--sequences", str(args.sequences),
                "--seq-len", str(args.seq_len), "--action-tokens", str(args.action_tokens), "--steps", str(args.steps),
                "--micro-batch-size", str(args.micro_batch_size), "--model", args.model, "--device", args.device,
@@ -180,7 +190,7 @@ def main() -> None:
     done = [r for r in results.values() if "error" not in r]
     if not done:
         sys.exit("bench.train: every implementation failed (see above)")
-    base = results["plain"] if "error" not in results["plain"] else done[0]
+    base = results["plain"] if "error" not in results.get("plain", {"error": ""}) else done[0]
     on_gpu = args.device == "cuda"
     memory = "peak_cuda_mib" if on_gpu else "peak_rss_mib"
     from policy.hardware import describe_machine, resolve_dtype
@@ -192,7 +202,7 @@ def main() -> None:
     print(f"| implementation | tokens/s | vs {base['impl']} | {'peak CUDA allocated' if on_gpu else 'peak RSS'} MiB "
           f"| vs {base['impl']} | < 6 GiB | loss (last step) |")
     print("|---|---|---|---|---|---|---|")
-    for impl in IMPLS:
+    for impl in impls:
         r = results[impl]
         if "error" in r:
             print(f"| {impl} | failed: {r['error'][:80]} | | | | | |")

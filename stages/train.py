@@ -157,6 +157,37 @@ def shared_prefix_len(input_ids, prompt_lens) -> int:
     return int(differs.float().argmax()) if differs.any() else limit
 
 
+TRAINING_ATTENTION = "right_padded_causal"
+
+
+def right_padded_causal_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention of a training batch (`_batch`: right-padded rows; `body_states`: rows that may follow a cached
+    shared prefix), with no mask. Right padding needs none: a pad never comes before a real token, so causality
+    alone keeps every pad out of every real token's attention (what a pad's own query computes is never read).
+    Queries after k - q cached keys are the last q of k positions, which is top-left causal attention once k - q
+    zero queries are put in front of them (their rows are dropped). Without a mask the kernels skip the blocks
+    above the diagonal; with transformers' explicit mask (sdpa) they compute every query x key score, the masked
+    ones too. The same log-probabilities, gradients equal up to float rounding; on the warm start's own first four
+    steps 3.8% faster in less memory, on bench.train's 4 rows of 800 tokens 7% (README, "Training step")."""
+    if getattr(module, "sliding_window", None):
+        raise ValueError(f"{TRAINING_ATTENTION} attention is causal over all keys; layer {module.layer_idx} has a "
+                         f"sliding window of {module.sliding_window}")
+    q, k = query.shape[2], key.shape[2]
+    if k > q:
+        query = F.pad(query, (0, 0, k - q, 0))
+    out = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=True, scale=scaling,
+                                         enable_gqa=query.shape[1] != key.shape[1])
+    return out[:, :, k - q:].transpose(1, 2).contiguous(), None
+
+
+def use_training_attention(model) -> None:
+    """Switch `model` to `right_padded_causal_attention` (only right-padded batches: training's, not generation's)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(TRAINING_ATTENTION, right_padded_causal_attention)
+    model.set_attn_implementation(TRAINING_ATTENTION)
+
+
 def body_states(model, input_ids, attention_mask, prefix: int):
     """The body's last hidden states of every row from position `prefix` on. The first `prefix` tokens, the same
     in every row, run once (batch 1) and each row attends to their keys and values (repeated, so gradients from
@@ -179,6 +210,8 @@ def action_logprobs(model, input_ids, attention_mask, prompt_lens, completion_le
     Returns (logp [N], ref_logp [N] | None, kl [N] | None, row [N]): N = all action tokens of the batch in
     row order; `row` says which sequence each belongs to.
     """
+    if bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        raise ValueError("action_logprobs takes right-padded rows (a row's tokens, then its padding)")
     rows, positions = [], []
     for r, (p, c) in enumerate(zip(prompt_lens, completion_lens)):
         rows += [r] * c
@@ -375,6 +408,8 @@ def load_policy(checkpoint: Path, reference: Path, params: TrainParams, root=Non
     # The reference runs exactly like the policy (fp32 weights, same autocast), so KL is 0 at initialisation.
     ref_model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).to(device).eval()
     ref_model.requires_grad_(False)
+    for model in (policy, ref_model):
+        use_training_attention(model)
     if policy.config.vocab_size != ref_model.config.vocab_size or \
             policy.config.model_type != ref_model.config.model_type:
         raise ValueError(f"checkpoint {checkpoint} ({policy.config.model_type}, vocab {policy.config.vocab_size}) "

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from policy.hardware import resolve_dtype, torch_dtype
-from stages.train import (METRICS_SCHEMA, TRAINING_STATE, TrainParams, action_logprobs, episode_batches,
-                          imitated_only, load_policy, load_train_data, train_stage, train_step)
+from stages.train import (METRICS_SCHEMA, TRAINING_ATTENTION, TRAINING_STATE, TrainParams, action_logprobs,
+                          episode_batches, imitated_only, load_policy, load_train_data, train_stage, train_step)
 from stages.weights import WeightsParams, weights_stage
 from storage.parquet import read_table, write_table
 from storage.stages import read_manifest
@@ -341,6 +341,41 @@ def test_shared_prefix_runs_once_and_changes_nothing(loaded, tok):
         got = action_logprobs(policy, ids, mask, p_lens, c_lens, 4, None, True)[0]
     torch.testing.assert_close(got, want[0], atol=1e-4, rtol=1e-4)
     policy.zero_grad()
+
+
+def test_training_attention_equals_masked_sdpa(embedded_model, tiny_model, tok, tmp_path):
+    """Training's attention (no mask: causal over right-padded rows, zero queries in front of a cached prefix)
+    gives the log-probabilities, KL and gradients of transformers' sdpa with its explicit padding mask, with the
+    shared prefix run once or every row whole; left-padded rows are refused. (The embedded model's architecture,
+    grouped-query attention included, at 2 layers.)"""
+    from conftest import tiny_random_model
+
+    other = tiny_random_model(embedded_model, tmp_path / "tiny-1", seed=1)
+    ours, ref, _, _ = load_policy(tiny_model, other, TrainParams(gradient_checkpointing=False))
+    assert ours.config._attn_implementation == ref.config._attn_implementation == TRAINING_ATTENTION
+    masked, masked_ref = copy.deepcopy(ours), copy.deepcopy(ref)
+    for model in (masked, masked_ref):
+        model.set_attn_implementation("sdpa")
+    ids, mask, p_lens, c_lens = padded(prompt_rows(tok), ours.config.pad_token_id)
+    assert len(set(mask.sum(1).tolist())) == 3  # three lengths: two rows carry padding
+    for share in (True, False):
+        out = []
+        for model, reference in ((ours, ref), (masked, masked_ref)):
+            model.zero_grad()
+            logp, ref_logp, kl, _ = action_logprobs(model, ids, mask, p_lens, c_lens, 4, reference, share)
+            (logp.sum() + kl.sum()).backward()
+            out.append(((logp.detach(), ref_logp, kl.detach()),
+                        {n: p.grad.clone() for n, p in model.named_parameters()}))
+        (got, got_grads), (want, want_grads) = out
+        assert want[2].min().item() > 1e-4  # the reference differs: the KL term has a gradient
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for name, g in want_grads.items():
+            torch.testing.assert_close(got_grads[name], g, atol=1e-5 * g.abs().max().item() + 1e-8, rtol=1e-4)
+    pads = (mask == 0).sum(1).tolist()
+    left_ids, left_mask = (torch.stack([t[i].roll(n) for i, n in enumerate(pads)]) for t in (ids, mask))
+    with pytest.raises(ValueError, match="right-padded"):
+        action_logprobs(ours, left_ids, left_mask, p_lens, c_lens, 4)
 
 
 def perturbed(policy, scale: float = 0.5):
