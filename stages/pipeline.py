@@ -324,10 +324,11 @@ def run_sft(config: Config, from_stage: str | None = None) -> str | None:
         shop(config), demo_goals(config), config.rollout_params(), base, run=run, inputs=_inputs(config),
         root=root, force=force, cached_only=cached_only,
         noise=NoisyOracle(config.sft_demo_noise, config.seed) if config.sft_demo_noise else None))
-    release_engine()
+    # Training needs the memory an engine's KV cache holds; a done warm start leaves the engine to the next
+    # sampler (the warm start itself, loaded for iteration 0's evaluation, plays rollout 1).
     return str(_stage("sft", from_stage, lambda force, cached_only: sft_stage(
         base, demos, config.sft_params(), run=run, root=root, force=force, cached_only=cached_only,
-        prompt=config.rollout_params().prompt_format())))
+        prompt=config.rollout_params().prompt_format(), before_training=release_engine)))
 
 
 def reference_block(config: Config, iteration: int) -> dict[int, int]:
@@ -442,11 +443,11 @@ def run_weights(config: Config, iteration: int, reference: str | None, rollout: 
 
 
 def run_train(config: Config, iteration: int, weights: str, rollout: str, from_stage: str | None = None) -> str:
-    release_engine()  # training needs the memory the engine's KV cache holds
     return str(_stage("train", from_stage, lambda force, cached_only: train_stage(
         policy_checkpoint(config, iteration), reference_model(config), Path(weights), Path(rollout),
         config.train_params(), run=config.run, iteration=iteration, root=config.output_dir, force=force,
-        cached_only=cached_only, prompt=config.rollout_params().prompt_format())))
+        cached_only=cached_only, prompt=config.rollout_params().prompt_format(),
+        before_training=release_engine)))  # training needs the memory the engine's KV cache holds
 
 
 def eval_due(config: Config, iteration: int) -> bool:

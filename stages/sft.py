@@ -82,8 +82,8 @@ def relabel_stage(engine_factory, shop, goals: list[int], params: RolloutParams,
 
 
 def sft_stage(model: Path, demos: Path, params: TrainParams, *, run: str, root=None, force: bool = False,
-              cached_only: bool = False, prompt: dict | None = None) -> Path:
+              cached_only: bool = False, prompt: dict | None = None, before_training=None) -> Path:
     """Supervised training of `model` on the demonstrations in `demos` (prompts of format `prompt`); returns the
-    folder (checkpoint/)."""
+    folder (checkpoint/). `before_training`: see `train_stage`."""
     return train_stage(model, model, demos, demos, params, run=run, iteration=None, root=root, stage="sft",
-                       force=force, cached_only=cached_only, prompt=prompt)
+                       force=force, cached_only=cached_only, prompt=prompt, before_training=before_training)

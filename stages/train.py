@@ -595,12 +595,14 @@ def _rank_main(rank: int, world: int, address: str, threads: int, checkpoint: Pa
 
 def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_dir: Path, params: TrainParams, *,
                 run: str, iteration: int | None, root=None, stage: str = "train", force: bool = False,
-                cached_only: bool = False, progress: bool = True, prompt: dict | None = None) -> Path:
+                cached_only: bool = False, progress: bool = True, prompt: dict | None = None,
+                before_training=None) -> Path:
     """Run (or reuse) one training stage; returns its folder (checkpoint/, train_metrics.parquet).
 
     `stage` is "train" (an iteration's update) or "sft" (the warm start on demonstrations, iteration None);
     `force` recomputes a done stage; `prompt`, the prompt format of the rollout's turns
-    (RolloutParams.prompt_format), is recorded in the checkpoint."""
+    (RolloutParams.prompt_format), is recorded in the checkpoint; `before_training()` is called when the stage
+    trains, not when it is reused (the pipeline frees its sampling engine's memory there)."""
     params.check()
     params = replace(params, dtype=resolve_dtype(params.dtype))  # the key names the dtype that really ran
     inputs = {"checkpoint": root_relative(checkpoint, root), "reference": root_relative(reference, root),
@@ -610,6 +612,8 @@ def train_stage(checkpoint: Path, reference: Path, weights_dir: Path, rollout_di
     folder = stage_dir(run, stage, key, iteration, root)
     if reuse_done(folder, stage, force, cached_only):
         return folder
+    if before_training is not None:
+        before_training()
     data_paths = (Path(rollout_dir) / "turns.parquet", Path(weights_dir) / "weights.parquet")
     data = load_train_data(*data_paths)
     if params.train_processes > 1:

@@ -141,23 +141,29 @@ def test_run_identity_cannot_change(first, config, change):
 
 @pytest.fixture(scope="module")
 def warm(prefect, config):
+    """(config, iteration records, checkpoints the engine loaded) of a warm-started run of one iteration."""
     from flows.apo import apo_train
+    from stages import pipeline
 
     # 8 steps: the oracle needs search, click, options and buy; 48-token replies: room for its searches (the
     # demonstrations stage refuses an action longer than the reply budget).
     warm_config = replace(config, run="warm", sft_demos=2, sft_epochs=1, sft_batch_episodes=1, max_episode_steps=8,
                           history_turns=0, max_new_tokens=48)
-    return warm_config, apo_train(warm_config)
+    loads = len(pipeline.ENGINE_LOADS)
+    return warm_config, apo_train(warm_config), pipeline.ENGINE_LOADS[loads:]
 
 
 def test_warm_start_is_the_reference_and_the_first_policy(warm):
     from stages import pipeline
 
-    config, records = warm
+    config, records, loads = warm
     assert [r["iteration"] for r in records] == [1]
     start = pipeline.iteration_record(config, 0)
     sft_checkpoint = str(Path(start["sft"]) / "checkpoint")
     assert start["checkpoint"] == sft_checkpoint and records[0]["sft"] == start["sft"]
+    # one engine load of the warm start serves iteration 0's evaluation, the reference samples and rollout 1
+    # (the sft task that opens each iteration leaves it loaded); then the trained checkpoint's for its evaluation
+    assert loads == [sft_checkpoint, records[0]["checkpoint"]], loads
     assert Path(start["sft"]).parent == Path(config.output_dir) / "runs" / "warm" / "sft"
     for stage in ("reference", "rollout"):  # both act with the warm-started model in iteration 1
         assert set(read_table(Path(records[0][stage]) / "episodes.parquet")["checkpoint"].to_pylist()) == \
@@ -175,7 +181,7 @@ def test_second_objective_shares_warm_start_and_reference(warm):
     from flows.apo import apo_train
     from stages import pipeline
 
-    config, records = warm
+    config, records, _ = warm
     shared = {s: _mtime(records[0][s]) for s in ("sft", "reference")}
     other = replace(config, run="warm-apo", objective="apo", reference_run="warm")
     [record] = apo_train(other)
@@ -198,7 +204,7 @@ def test_iterations_publish_artifacts(warm):
 
     from stages import pipeline
 
-    config, records = warm
+    config, records, _ = warm
     key = pipeline.artifact_key(config)
     metrics = Artifact.get(f"{key}-metrics")
     assert metrics is not None and metrics.type == "table"
@@ -348,7 +354,7 @@ def test_a_checkpoint_is_sampled_only_with_the_prompt_format_it_learned(first, w
 
     checkpoint = Path(first["checkpoint"])
     assert json.loads((checkpoint / PROMPT_RECORD).read_text()) == {"observation_mode": "text", "history_turns": 1}
-    warm_config, records = warm
+    warm_config, records, _ = warm
     assert json.loads((Path(records[0]["sft"]) / "checkpoint" / PROMPT_RECORD).read_text()) == \
         {"observation_mode": "text", "history_turns": 0}
     loads = len(pipeline.ENGINE_LOADS)
