@@ -378,6 +378,20 @@ def test_training_attention_equals_masked_sdpa(embedded_model, tiny_model, tok, 
         action_logprobs(ours, left_ids, left_mask, p_lens, c_lens, 4)
 
 
+def test_training_attention_leaves_sliding_window_models_alone():
+    """A model with sliding-window layers keeps its attention (its mask is more than causality)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from bench.rollout import TINY
+    from stages.train import use_training_attention
+
+    for sliding, expected in ((False, TRAINING_ATTENTION), (True, "sdpa")):
+        model = AutoModelForCausalLM.from_config(Qwen2Config(**TINY, use_sliding_window=sliding, sliding_window=8,
+                                                              max_window_layers=0), attn_implementation="sdpa")
+        use_training_attention(model)
+        assert model.config._attn_implementation == expected
+
+
 def perturbed(policy, scale: float = 0.5):
     """A deep copy of `policy` with seeded noise (scale x the weights' std) added to one MLP matrix."""
     policy = copy.deepcopy(policy)
