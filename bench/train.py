@@ -190,7 +190,7 @@ def main() -> None:
     done = [r for r in results.values() if "error" not in r]
     if not done:
         sys.exit("bench.train: every implementation failed (see above)")
-    base = results["plain"] if "error" not in results.get("plain", {"error": ""}) else done[0]
+    base = next((r for r in done if r["impl"] == "plain"), done[0])
     on_gpu = args.device == "cuda"
     memory = "peak_cuda_mib" if on_gpu else "peak_rss_mib"
     from policy.hardware import describe_machine, resolve_dtype
