@@ -331,15 +331,20 @@ def test_shared_prefix_runs_once_and_changes_nothing(loaded, tok):
             grads.append({n: p.grad.clone() for n, p in policy.named_parameters()})
             if not share:
                 want = (logp.detach(), ref_logp, kl.detach())
-        tol = dict(atol=1e-4, rtol=1e-4) if not autocast or STAGE_DTYPE == "float32" else dict(atol=5e-2, rtol=5e-2)
+        # bf16 autocast rounds a split prefix differently from a whole forward: up to ~0.2 nats on an episode's sum
+        tol = dict(atol=1e-4, rtol=1e-4) if not autocast or STAGE_DTYPE == "float32" else dict(atol=0.25, rtol=5e-2)
         for got, expected in zip((logp.detach(), ref_logp, kl.detach()), want):
             torch.testing.assert_close(got, expected, **tol)
+        bf16 = autocast and STAGE_DTYPE != "float32"
         for name, g in grads[0].items():  # the prefix's gradient sums every row's
-            torch.testing.assert_close(grads[1][name], g, atol=1e-4 * g.abs().max().item() + 1e-6, rtol=1e-3)
+            if bf16:  # bf16 rounding moves single entries a lot, a whole gradient by up to ~6% (a lost prefix: 100%)
+                assert (grads[1][name] - g).norm() <= 0.15 * g.norm() + 1e-6, name
+            else:
+                torch.testing.assert_close(grads[1][name], g, atol=1e-4 * g.abs().max().item() + 1e-6, rtol=1e-3)
     policy.gradient_checkpointing_enable()
-    with torch.no_grad():
+    with torch.no_grad(), stage_autocast(True):  # want is the last loop's: autocast on
         got = action_logprobs(policy, ids, mask, p_lens, c_lens, 4, None, True)[0]
-    torch.testing.assert_close(got, want[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got, want[0], **tol)
     policy.zero_grad()
 
 
@@ -411,7 +416,8 @@ def test_weighted_sft_step_lowers_the_objective(loaded, tok, tmp_path):
     rows = data.to_list()
     w = {e: v[0] for e, v in weights.items()}
     policy, ref = copy.deepcopy(loaded[0]), loaded[1]
-    params = TrainParams(learning_rate=1e-4, kl_coef=0.05, micro_batch_size=2)
+    # one whole forward per row, as sft_objective runs it: under bf16 a shared prefix rounds otherwise (its own test)
+    params = TrainParams(learning_rate=1e-4, kl_coef=0.05, micro_batch_size=2, share_prefix=False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=params.learning_rate)
 
     with torch.no_grad():
@@ -536,7 +542,7 @@ def test_apo_loss_and_gradient_match_hand_computation(loaded, tok, tmp_path):
     assert [r["apo_target"] for r in rows] == [targets[r["episode_id"]] for r in rows]
     ref = loaded[1]
     policy = perturbed(loaded[0])
-    params = TrainParams(objective="apo", beta2=0.5, micro_batch_size=2, grad_clip=1e9)
+    params = TrainParams(objective="apo", beta2=0.5, micro_batch_size=2, grad_clip=1e9, share_prefix=False)  # as above
 
     loss, mean_residual = apo_objective(policy, ref, rows, targets, params.beta2, autocast=True)
     loss.backward()
